@@ -47,3 +47,14 @@ export const DEFAULT_CONTAINER_LIMITS = {
 
 /** Default HTTP port of the control plane. */
 export const DEFAULT_PORT = 10000;
+
+/** Path the agent dials (WebSocket, `Authorization: Bearer <session secret>`). */
+export const AGENT_TUNNEL_PATH = "/agent/tunnel";
+
+/** Name of the httpOnly cookie `/access/:token` sets, scoped to the session's relay prefix. */
+export const RELAY_COOKIE_NAME = "runit_access";
+
+/** The relay prefix of a session; Jupyter runs with this base_url in relay mode. */
+export function relayBasePath(sessionId: string): string {
+  return `/s/${sessionId}/`;
+}
