@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/ensure-tools.sh
 ./scripts/ensure-docker.sh
-[ -x scripts/build-image.sh ] && ./scripts/build-image.sh
+./scripts/build-image.sh
 ./scripts/ensure-chromium.sh
 pnpm run ci
-[ -x scripts/security-ci.sh ] && ./scripts/security-ci.sh
+./scripts/security-ci.sh
 echo "[test] all suites passed"
