@@ -1,0 +1,85 @@
+// Keeps the renter's lock alive with renter heartbeats while the page stays open. The pace
+// follows the server's lockExpiresAt (a third of the time left, at most the protocol's interval),
+// so a control plane with short timers (tests) is kept alive as well as one with the defaults.
+
+import { ApiError, RENTER_HEARTBEAT_INTERVAL_MS, heartbeat } from "./renterApi.js";
+
+/** What the keeper reports to the page. */
+export interface LockKeeperEvents {
+  /** A heartbeat was accepted; the lock now lasts until `lockExpiresAt` (ms epoch). */
+  onAlive(lockExpiresAt: number): void;
+  /** The lock is gone for good (released, timed out, refused): stop using it. */
+  onLost(error: ApiError): void;
+  /** A heartbeat failed but the lock may still stand (network, 429); the keeper retries. */
+  onTrouble(error: ApiError): void;
+}
+
+const MIN_DELAY_MS = 500;
+
+/** The delay before the next heartbeat, given when the lock lapses. */
+export function nextHeartbeatDelay(lockExpiresAt: number, now: number): number {
+  const left = lockExpiresAt - now;
+  return Math.max(MIN_DELAY_MS, Math.min(RENTER_HEARTBEAT_INTERVAL_MS, Math.floor(left / 3)));
+}
+
+/** One lock's heartbeat loop; `stop()` ends it. */
+export class LockKeeper {
+  private timer: number | undefined;
+  private stopped = false;
+  private lockExpiresAt: number;
+
+  constructor(
+    private readonly accessToken: string,
+    private readonly events: LockKeeperEvents,
+    lockExpiresAt: number,
+  ) {
+    this.lockExpiresAt = lockExpiresAt;
+  }
+
+  /** Sends the first heartbeat after `firstDelayMs`, then paces itself. */
+  start(firstDelayMs: number): void {
+    this.schedule(firstDelayMs);
+  }
+
+  /** Sends a heartbeat now (e.g. the session left the list), unless one is in flight. */
+  beatNow(): void {
+    if (this.stopped || this.timer === undefined) return;
+    window.clearTimeout(this.timer);
+    this.timer = undefined;
+    void this.beat();
+  }
+
+  /** Ends the loop; no event fires after this. */
+  stop(): void {
+    this.stopped = true;
+    if (this.timer !== undefined) window.clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.stopped) return;
+    this.timer = window.setTimeout(() => void this.beat(), delayMs);
+  }
+
+  private async beat(): Promise<void> {
+    this.timer = undefined;
+    try {
+      this.lockExpiresAt = await heartbeat(this.accessToken);
+      if (this.stopped) return;
+      this.events.onAlive(this.lockExpiresAt);
+      this.schedule(nextHeartbeatDelay(this.lockExpiresAt, Date.now()));
+    } catch (err) {
+      if (this.stopped) return;
+      const error = err instanceof ApiError ? err : new ApiError("other", 0, String(err));
+      if (error.kind === "network" || error.kind === "rate-limited" || error.kind === "other") {
+        this.events.onTrouble(error);
+        const wait = error.retryAfterSeconds !== undefined ? error.retryAfterSeconds * 1000 : 0;
+        const soon = Math.min(nextHeartbeatDelay(this.lockExpiresAt, Date.now()), 2_000);
+        this.schedule(Math.max(soon, wait));
+        return;
+      }
+      this.stop();
+      this.events.onLost(error);
+    }
+  }
+}
