@@ -1,0 +1,65 @@
+import type { IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
+import type { RequestHandler } from "express";
+import type { EndReason, SecurityEvent } from "@runit/protocol";
+
+/** What the relay needs from the session store (the control plane's sessions module provides it). */
+export interface RelaySessions {
+  /** The session a tunnel secret belongs to; throws a RunitError (401) for a bad secret. */
+  authenticateTunnel(secret: string, ip: string): string | Promise<string>;
+  /** Throws a RunitError (403) unless `accessToken` holds the lock of `sessionId` from `ip`. */
+  authorizeRelay(sessionId: string, accessToken: string | undefined, ip: string): void | Promise<void>;
+  /** Adds relayed bytes (rx: renter → session, tx: session → renter); false once the cap ended the session. */
+  recordRelayTraffic(sessionId: string, rxBytes: number, txBytes: number): boolean | Promise<boolean>;
+  /** Marks the session available (tunnel up) or unavailable (tunnel down). */
+  setTunnelConnected(sessionId: string, connected: boolean): void | Promise<void>;
+  /** Calls `listener` whenever a session ends, for any reason; returns an unsubscribe function. */
+  onSessionEnded(listener: (sessionId: string, reason: EndReason) => void): (() => void) | void;
+}
+
+/** The logger the relay writes operational lines to. */
+export interface RelayLogger {
+  info(message: string): void;
+  warn(message: string): void;
+}
+
+/** The security log: one `[SECURITY]` line and one audit record per event. */
+export type RelaySecurityLog = (event: SecurityEvent, details: Record<string, unknown>) => void;
+
+/** What the control plane hands the relay factory. */
+export interface RelayContext {
+  sessions: RelaySessions;
+  clientIp(req: IncomingMessage): string;
+  logger: RelayLogger;
+  securityLog: RelaySecurityLog;
+}
+
+/** Tunables of the relay (tests shorten them). */
+export interface RelayOptions {
+  /** Initial credit of each stream direction, in bytes. */
+  streamWindowBytes?: number;
+  /** How often the control plane pings each agent tunnel; a tunnel silent for two pings is dropped. */
+  pingIntervalMs?: number;
+  /** Relayed bytes are reported to the store at least this often… */
+  meterFlushMs?: number;
+  /** …or as soon as this many bytes are pending for a session. */
+  meterFlushBytes?: number;
+}
+
+/** The relay as the server mounts it. */
+export interface RelayPlugin {
+  /** Mounted at `/s/:sessionId` (before any body parser): relays renter HTTP requests. */
+  handleHttp: RequestHandler;
+  /** Takes `/agent/tunnel` and `/s/<id>/...` upgrades; false for any other path. */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean;
+  /** Drops every tunnel and stream and stops the timers. */
+  close(): Promise<void>;
+  /** Read-only view for tests and metrics. */
+  stats(): RelayStats;
+}
+
+/** Counters of the relay. */
+export interface RelayStats {
+  tunnels: number;
+  streams: number;
+}
