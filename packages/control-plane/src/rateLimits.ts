@@ -1,0 +1,46 @@
+import { RunitError } from "@runit/protocol";
+import type { Request, RequestHandler } from "express";
+import { ipKeyGenerator, rateLimit } from "express-rate-limit";
+import type { RateLimitSetting } from "./config.js";
+import type { SecurityLog } from "./securityLog.js";
+
+/** The rate-limited route classes. */
+export type RouteClass = "registration" | "provider" | "renter";
+
+/**
+ * A per-client-IP limiter for one route class, sending the IETF draft-8 `RateLimit` and
+ * `RateLimit-Policy` headers. A limited request gets 429 with the error table's body and is
+ * logged as RATE_LIMIT_EXCEEDED (the path is not logged: it may hold an access token).
+ */
+export function createRateLimiter(deps: {
+  routeClass: RouteClass;
+  setting: RateLimitSetting;
+  clientIp: (req: Request) => string;
+  securityLog: SecurityLog;
+  onLimited?: (routeClass: RouteClass) => void;
+}): RequestHandler {
+  return rateLimit({
+    windowMs: deps.setting.windowMs,
+    limit: deps.setting.max,
+    standardHeaders: "draft-8",
+    legacyHeaders: false,
+    identifier: deps.routeClass,
+    // Our own client-IP resolution (RUNIT_TRUST_PROXY), IPv6 grouped by /56 as the library advises.
+    keyGenerator: (req) => ipKeyGenerator(deps.clientIp(req as Request)),
+    // The library's checks look at Express's `trust proxy`, which we deliberately leave off.
+    validate: false,
+    handler: (req, res) => {
+      const ip = deps.clientIp(req as Request);
+      deps.securityLog("RATE_LIMIT_EXCEEDED", { ip, routeClass: deps.routeClass, method: req.method });
+      deps.onLimited?.(deps.routeClass);
+      const resetTime = (req as Request & { rateLimit?: { resetTime?: Date } }).rateLimit?.resetTime;
+      const retryAfterSeconds = resetTime ? Math.max(1, Math.ceil((resetTime.getTime() - Date.now()) / 1000)) : undefined;
+      const body = new RunitError("RATE_LIMITED").toBody();
+      if (retryAfterSeconds !== undefined) {
+        body.retryAfterSeconds = retryAfterSeconds;
+        res.setHeader("Retry-After", String(retryAfterSeconds));
+      }
+      res.status(429).json(body);
+    },
+  });
+}

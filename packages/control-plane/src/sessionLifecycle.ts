@@ -1,0 +1,127 @@
+import type { EndReason, SecurityEvent } from "@runit/protocol";
+import type { Clock } from "./clock.js";
+import type { SecurityLog } from "./securityLog.js";
+import type { RunitDatabase } from "./store/database.js";
+import { SessionStore, type LockRecord, type SessionRecord } from "./store/sessionStore.js";
+
+/** The timers and limits the session rules use. */
+export interface SessionRules {
+  providerHeartbeatIntervalMs: number;
+  providerStaleMs: number;
+  lockTimeoutMs: number;
+  bandwidthCapBytes: number;
+  bandwidthWindowMs: number;
+}
+
+/** Told when a session ends, whatever the reason (the relay closes its tunnel). */
+export type SessionEndedListener = (sessionId: string, reason: EndReason) => void;
+
+/** The extra security event each end reason is logged with, besides SESSION_ENDED. */
+const END_EVENTS: Partial<Record<EndReason, SecurityEvent>> = {
+  PROVIDER_STALE: "SESSION_REMOVED",
+  DEREGISTERED: "SESSION_REMOVED",
+  LOCK_TIMEOUT: "SESSION_UNLOCKED",
+  RELEASED: "SESSION_UNLOCKED",
+  BANDWIDTH_EXCEEDED: "BANDWIDTH_EXCEEDED",
+};
+
+/**
+ * Ending sessions and the timers that end them. Times a provider or renter was last seen are
+ * never older than this process's start: nobody could heartbeat while we were down, so a restart
+ * gives everyone one full period to come back instead of ending every session at once.
+ */
+export class SessionLifecycle {
+  protected readonly sessionsDb: SessionStore;
+  protected readonly startedAt: number;
+  /** Renter activity seen by the relay, kept in memory and flushed by `sweep()`. */
+  protected readonly relayActivity = new Map<string, number>();
+  private readonly endedListeners = new Set<SessionEndedListener>();
+
+  constructor(
+    protected readonly store: RunitDatabase,
+    protected readonly clock: Clock,
+    protected readonly securityLog: SecurityLog,
+    protected readonly rules: SessionRules,
+  ) {
+    this.sessionsDb = new SessionStore(store);
+    this.startedAt = clock.now();
+  }
+
+  /** Subscribes to session ends; returns the unsubscribe function. */
+  onSessionEnded(listener: SessionEndedListener): () => void {
+    this.endedListeners.add(listener);
+    return () => this.endedListeners.delete(listener);
+  }
+
+  /** When the provider was last seen, for timing purposes. */
+  protected providerSeen(session: SessionRecord): number {
+    return Math.max(session.providerSeenAt, this.startedAt);
+  }
+
+  /** When the renter was last active on `lock`, for timing purposes. */
+  protected renterSeen(lock: LockRecord): number {
+    return Math.max(lock.renterSeenAt, this.relayActivity.get(lock.sessionId) ?? 0, this.startedAt);
+  }
+
+  /** The moment `lock` will be released unless the renter shows up. */
+  protected lockExpiresAt(lock: LockRecord): number {
+    return this.renterSeen(lock) + this.rules.lockTimeoutMs;
+  }
+
+  /** Ends a session durably, logs it and tells listeners; false when it had already ended. */
+  endSession(sessionId: string, reason: EndReason, details: Record<string, string | number> = {}): boolean {
+    const now = this.clock.now();
+    const lock = this.sessionsDb.lockOf(sessionId);
+    const ended = this.store.durable(() => {
+      const changed = this.sessionsDb.end(sessionId, reason, now);
+      if (!changed) return false;
+      const extra = END_EVENTS[reason];
+      if (extra) this.securityLog(extra, { sessionId, reason, ...(lock ? { ip: lock.ip } : {}), ...details });
+      this.securityLog("SESSION_ENDED", { sessionId, reason });
+      return true;
+    });
+    if (!ended) return false;
+    this.relayActivity.delete(sessionId);
+    for (const listener of this.endedListeners) {
+      try {
+        listener(sessionId, reason);
+      } catch {
+        // A listener's failure must not undo or block the end of a session.
+      }
+    }
+    return true;
+  }
+
+  /** Ends `session` if one of its timers has run out; returns the session as it now stands. */
+  protected expireIfDue(session: SessionRecord): SessionRecord {
+    if (session.status === "ENDED") return session;
+    const now = this.clock.now();
+    if (now - this.providerSeen(session) > this.rules.providerStaleMs) {
+      this.endSession(session.sessionId, "PROVIDER_STALE");
+    } else if (session.status === "LOCKED") {
+      const lock = this.sessionsDb.lockOf(session.sessionId);
+      if (lock && now > this.lockExpiresAt(lock)) this.endSession(session.sessionId, "LOCK_TIMEOUT");
+    }
+    return this.sessionsDb.byId(session.sessionId) ?? session;
+  }
+
+  /**
+   * One pass of the timers: ends sessions whose provider went silent (PROVIDER_STALE) or whose
+   * renter went silent (LOCK_TIMEOUT), and flushes in-memory relay activity. The server runs it
+   * every sweepIntervalMs; tests call it after moving their clock.
+   */
+  sweep(): { ended: string[] } {
+    if (!this.store.db.open) return { ended: [] };
+    this.flushActivity();
+    const ended: string[] = [];
+    for (const session of this.sessionsDb.live()) {
+      if (this.expireIfDue(session).status === "ENDED") ended.push(session.sessionId);
+    }
+    return { ended };
+  }
+
+  /** Writes relay activity timestamps to the locks table (cheap writes). */
+  protected flushActivity(): void {
+    for (const [sessionId, at] of this.relayActivity) this.sessionsDb.touchRenter(sessionId, at);
+  }
+}
