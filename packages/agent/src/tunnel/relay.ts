@@ -1,14 +1,176 @@
+import { WebSocket } from "ws";
+import {
+  AGENT_TUNNEL_PATH,
+  DEFAULT_STREAM_WINDOW_BYTES,
+  MAX_CONTROL_FRAME_BYTES,
+  TUNNEL_CLOSE_SESSION_ENDED,
+  maskSecret,
+} from "@runit/protocol";
 import type { AgentLogger } from "../logger.js";
-import type { SessionTunnel } from "./types.js";
+import { TunnelLink } from "./relayLink.js";
+import { RelayUpstream, type UpstreamCounters } from "./relayUpstream.js";
+import type { SessionTunnel, TunnelAttachment, TunnelEvent } from "./types.js";
+
+/** Options of the relay tunnel; every timer is configurable so tests run in seconds. */
+export interface RelayTunnelOptions {
+  logger: AgentLogger;
+  /** Ping period; the tunnel is dropped and redialled when a pong is missed for two periods. */
+  pingIntervalMs?: number;
+  /** First reconnect delay; doubles per failed attempt (with jitter) up to `reconnectMaxMs`. */
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
+  /** Largest per-stream window accepted from the control plane. */
+  maxStreamWindowBytes?: number;
+}
+
+/** The relay tunnel plus what tests and the heartbeat loop read from it. */
+export interface RelayTunnel extends SessionTunnel {
+  /** True while the WebSocket to the control plane is open. */
+  readonly connected: boolean;
+  /** Bytes relayed so far (rx: renter → Jupyter, tx: Jupyter → renter). */
+  counters(): UpstreamCounters;
+  /** Drops the current WebSocket as if the network failed (the tunnel redials). For tests. */
+  dropConnection(): void;
+  /** Resolves once the tunnel is connected (or rejects after `timeoutMs`). */
+  waitConnected(timeoutMs: number): Promise<void>;
+}
+
+/** The tunnel WebSocket URL for a control-plane base URL (`http` → `ws`, `https` → `wss`). */
+export function tunnelUrl(serverUrl: string): string {
+  const url = new URL(AGENT_TUNNEL_PATH, serverUrl);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.toString();
+}
 
 /**
- * The built-in relay tunnel (issue 4): the agent dials the control plane's AGENT_TUNNEL_PATH and
- * carries renter traffic to Jupyter. STUB until the relay work replaces this body.
+ * The built-in relay tunnel (issue 4): the agent dials OUT to the control plane's
+ * `/agent/tunnel` with the session secret, keeps the WebSocket alive with ping/pong, redials with
+ * exponential backoff when it drops, and forwards the streams the control plane opens to the
+ * session's Jupyter on 127.0.0.1, authenticating with the Jupyter token itself.
  */
-export function createRelayTunnel(_opts: { logger: AgentLogger }): SessionTunnel {
+export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
+  const pingIntervalMs = opts.pingIntervalMs ?? 15_000;
+  const reconnectMinMs = opts.reconnectMinMs ?? 250;
+  const reconnectMaxMs = opts.reconnectMaxMs ?? 30_000;
+  const listeners = new Set<(event: TunnelEvent) => void>();
+  let reg: TunnelAttachment | undefined;
+  let upstream: RelayUpstream | undefined;
+  let ws: WebSocket | undefined;
+  let link: TunnelLink | undefined;
+  let closed = false;
+  let attempt = 0;
+  let retryTimer: NodeJS.Timeout | undefined;
+  let pingTimer: NodeJS.Timeout | undefined;
+  let connectedWaiters: Array<() => void> = [];
+
+  const scheduleRedial = (): void => {
+    if (closed || retryTimer) return;
+    const base = Math.min(reconnectMaxMs, reconnectMinMs * 2 ** Math.min(attempt, 16));
+    const delay = Math.round(base / 2 + Math.random() * (base / 2));
+    attempt += 1;
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      dial();
+    }, delay);
+    retryTimer.unref();
+  };
+
+  const dial = (): void => {
+    if (closed || !reg || !upstream) return;
+    const current = reg;
+    const target = upstream;
+    const socket = new WebSocket(tunnelUrl(current.serverUrl), {
+      headers: { Authorization: `Bearer ${current.sessionSecret}` },
+      maxPayload: MAX_CONTROL_FRAME_BYTES,
+      perMessageDeflate: false,
+      handshakeTimeout: 10_000,
+    });
+    ws = socket;
+    let alive = true;
+    socket.on("unexpected-response", (_req, res) => {
+      opts.logger.error(`[agent] relay tunnel refused (HTTP ${res.statusCode}) for ${current.sessionId}`);
+      res.resume();
+      socket.terminate();
+    });
+    socket.on("error", () => undefined);
+    socket.on("open", () => {
+      attempt = 0;
+      const socketLink: TunnelLink = new TunnelLink(socket, {
+        onOpen: (frame) => target.open(socketLink, frame),
+        onPeerError: (code, message) => opts.logger.error(`[agent] control plane refused a relay frame: ${code} ${message}`),
+      });
+      link = socketLink;
+      opts.logger.info(`[agent] relay tunnel connected for: ${current.sessionId}`);
+      clearInterval(pingTimer);
+      pingTimer = setInterval(() => {
+        if (!alive) return socket.terminate();
+        alive = false;
+        socket.ping();
+      }, pingIntervalMs);
+      pingTimer.unref();
+      for (const resolve of connectedWaiters) resolve();
+      connectedWaiters = [];
+    });
+    socket.on("pong", () => (alive = true));
+    socket.on("message", () => (alive = true));
+    socket.on("close", (code) => {
+      if (ws === socket) {
+        ws = undefined;
+        link = undefined;
+        clearInterval(pingTimer);
+      }
+      if (closed) return;
+      const why = code === TUNNEL_CLOSE_SESSION_ENDED ? "session ended" : `code ${code}`;
+      opts.logger.info(`[agent] relay tunnel down for ${current.sessionId} (${why}), redialling`);
+      scheduleRedial();
+    });
+  };
+
   return {
     describe: async () => ({ kind: "relay" }),
-    attach: async () => undefined,
-    close: async () => undefined,
+    async attach(attachment: TunnelAttachment): Promise<void> {
+      reg = attachment;
+      upstream = new RelayUpstream({
+        port: attachment.jupyterPort,
+        token: attachment.jupyterToken,
+        basePath: attachment.basePath,
+        maxWindowBytes: opts.maxStreamWindowBytes ?? 4 * DEFAULT_STREAM_WINDOW_BYTES,
+      });
+      opts.logger.info(
+        `[agent] relay tunnel dialling ${tunnelUrl(attachment.serverUrl)} (secret ${maskSecret(attachment.sessionSecret)})`,
+      );
+      dial();
+    },
+    async close(): Promise<void> {
+      if (closed) return;
+      closed = true;
+      clearTimeout(retryTimer);
+      clearInterval(pingTimer);
+      link?.abortAll("TUNNEL_CLOSED", "agent closing the tunnel");
+      ws?.close(1000, "agent closing");
+      ws?.terminate();
+      upstream?.close();
+    },
+    onEvent(listener: (event: TunnelEvent) => void): () => void {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+    get connected(): boolean {
+      return link?.isOpen ?? false;
+    },
+    counters: () => ({ ...(upstream?.counters ?? { rxBytes: 0, txBytes: 0, lastActivity: 0 }) }),
+    dropConnection(): void {
+      ws?.terminate();
+    },
+    waitConnected(timeoutMs: number): Promise<void> {
+      if (link?.isOpen) return Promise.resolve();
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("relay tunnel not connected in time")), timeoutMs);
+        connectedWaiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    },
   };
 }

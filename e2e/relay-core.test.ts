@@ -1,0 +1,170 @@
+// The relay's tunnel core with real sockets: the control plane's relay plugin in Express, the
+// agent's relay tunnel, and a local HTTP + WebSocket server standing in for Jupyter.
+import { createHash } from "node:crypto";
+import { connect } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { WebSocket } from "ws";
+import {
+  BASE,
+  COOKIE,
+  JUPYTER_TOKEN,
+  fetchRaw,
+  patternSha256,
+  startAgentTunnel,
+  startControlPlane,
+  startTarget,
+  waitFor,
+  type ControlPlane,
+  type Target,
+} from "./relay-harness.js";
+import type { RelayTunnel } from "../packages/agent/src/tunnel/relay.js";
+
+const MB = 1024 * 1024;
+
+describe("relay tunnel core", () => {
+  let target: Target;
+  let cp: ControlPlane;
+  let tunnel: RelayTunnel;
+
+  beforeAll(async () => {
+    target = await startTarget();
+    cp = await startControlPlane();
+    tunnel = await startAgentTunnel(cp, target);
+  });
+  afterAll(async () => {
+    await tunnel?.close();
+    await cp?.close();
+    await target?.close();
+  });
+
+  it("relays a request from the lock holder and authenticates to Jupyter itself", async () => {
+    const res = await fetchRaw(cp.port, `${BASE}api/status`, { headers: { ...COOKIE, Authorization: "Bearer renter-stuff" } });
+    expect(res.status).toBe(200);
+    expect(JSON.parse(res.body.toString())).toEqual({ ok: true });
+    expect(target.lastHeaders?.authorization).toBe(`token ${JUPYTER_TOKEN}`);
+    expect(target.lastHeaders?.cookie).toBeUndefined();
+    expect(target.lastHeaders?.host).toBe(`127.0.0.1:${target.port}`);
+    expect(cp.sessions.tunnelStates).toEqual([true]);
+  });
+
+  it("refuses a request without the cookie with 403 and an event", async () => {
+    const res = await fetchRaw(cp.port, `${BASE}api/status`);
+    expect(res.status).toBe(403);
+    expect(JSON.parse(res.body.toString())).toEqual({ error: "This session is locked to another renter", code: "LOCK_REQUIRED" });
+    expect(cp.sessions.events.some((e) => e.event === "RELAY_ACCESS_DENIED")).toBe(true);
+  });
+
+  it("refuses the right cookie from another IP (127.0.0.2) with 403", async () => {
+    const res = await fetchRaw(cp.port, `${BASE}api/status`, { headers: COOKIE, localAddress: "127.0.0.2" });
+    expect(res.status).toBe(403);
+    expect(JSON.parse(res.body.toString()).code).toBe("IP_MISMATCH");
+  });
+
+  it("streams a 50 MB download intact and meters its bytes", async () => {
+    const blocks = 800; // 800 × 64 KiB = 50 MiB
+    const txBefore = cp.sessions.tx;
+    const res = await fetchRaw(cp.port, `${BASE}big?blocks=${blocks}`, { headers: COOKIE });
+    expect(res.status).toBe(200);
+    expect(res.body.length).toBe(blocks * 64 * 1024);
+    expect(createHash("sha256").update(res.body).digest("hex")).toBe(patternSha256(blocks));
+    await waitFor(() => cp.sessions.tx - txBefore >= blocks * 64 * 1024, 2000, "meter to count the download");
+    // Bodies only; a few bytes of an earlier small response may land in the same flush.
+    expect(cp.sessions.tx - txBefore).toBeGreaterThanOrEqual(blocks * 64 * 1024);
+    expect(cp.sessions.tx - txBefore).toBeLessThan(blocks * 64 * 1024 + 1024);
+    expect(tunnel.counters().txBytes).toBeGreaterThanOrEqual(blocks * 64 * 1024);
+  });
+
+  it("streams a 20 MB upload intact and meters its bytes", async () => {
+    const body = Buffer.alloc(20 * MB);
+    for (let i = 0; i < body.length; i += 4096) body[i] = i % 251;
+    const rxBefore = cp.sessions.rx;
+    const res = await fetchRaw(cp.port, `${BASE}upload`, { method: "POST", headers: COOKIE, body });
+    expect(res.status).toBe(200);
+    expect(JSON.parse(res.body.toString())).toEqual({
+      length: body.length,
+      sha256: createHash("sha256").update(body).digest("hex"),
+    });
+    await waitFor(() => cp.sessions.rx - rxBefore >= body.length, 2000, "meter to count the upload");
+    expect(cp.sessions.rx - rxBefore).toBeGreaterThanOrEqual(body.length);
+    expect(cp.sessions.rx - rxBefore).toBeLessThan(body.length + 1024);
+  });
+
+  it("keeps memory bounded for a renter that does not read (credit flow control)", async () => {
+    const blocks = 3200; // 200 MiB on offer
+    const socket = connect(cp.port, "127.0.0.1");
+    await new Promise<void>((resolve) => socket.once("connect", resolve));
+    socket.write(`GET ${BASE}big?blocks=${blocks} HTTP/1.1\r\nHost: x\r\nCookie: ${COOKIE.Cookie}\r\n\r\n`);
+    socket.pause(); // the renter reads nothing
+    const before = process.memoryUsage().arrayBuffers;
+    // Let the pipeline fill up, then check that it stopped filling.
+    await new Promise((r) => setTimeout(r, 1500));
+    const plateau = target.bigWritten;
+    await new Promise((r) => setTimeout(r, 1000));
+    const later = target.bigWritten;
+    const grown = process.memoryUsage().arrayBuffers - before;
+    socket.destroy();
+    console.log(`[relay-core] slow renter: upstream wrote ${(plateau / MB).toFixed(1)} MiB then stopped; arrayBuffers grew ${(grown / MB).toFixed(1)} MiB`);
+    expect(later).toBe(plateau);
+    // Socket buffers (kernel) + one 512 KiB stream window; far below the 200 MiB on offer.
+    expect(plateau).toBeLessThan(48 * MB);
+    expect(grown).toBeLessThan(24 * MB);
+    await waitFor(() => cp.relay.stats().streams === 0, 3000, "the abandoned stream to be dropped");
+  });
+
+  it("relays a WebSocket (text and a 1 MiB binary message) both ways", async () => {
+    const ws = new WebSocket(`ws://127.0.0.1:${cp.port}${BASE}api/kernels/k1/channels`, { headers: COOKIE });
+    await new Promise<void>((resolve, reject) => (ws.once("open", () => resolve()), ws.once("error", reject)));
+    const replies: Array<{ data: Buffer; binary: boolean }> = [];
+    ws.on("message", (data: Buffer, binary) => replies.push({ data, binary }));
+    const big = Buffer.alloc(MB, 7);
+    ws.send("hello kernel");
+    ws.send(big);
+    await waitFor(() => replies.length === 2, 5000, "two echoes");
+    expect(replies[0]).toEqual({ data: Buffer.from("hello kernel"), binary: false });
+    expect(replies[1]?.binary).toBe(true);
+    expect(replies[1]?.data.equals(big)).toBe(true);
+    expect(target.lastHeaders?.authorization).toBe(`token ${JUPYTER_TOKEN}`);
+    ws.close();
+  });
+
+  it("refuses a WebSocket upgrade without the cookie with 403", async () => {
+    const ws = new WebSocket(`ws://127.0.0.1:${cp.port}${BASE}api/kernels/k1/channels`);
+    const status = await new Promise<number>((resolve) => {
+      ws.once("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0));
+      ws.once("open", () => resolve(101));
+      ws.once("error", () => resolve(-1));
+    });
+    expect(status).toBe(403);
+  });
+
+  it("fails in-flight and new requests with 502 TUNNEL_UNAVAILABLE while the tunnel is down, then recovers", async () => {
+    const waiting = fetchRaw(cp.port, `${BASE}hang`, { headers: COOKIE });
+    const midBody = fetchRaw(cp.port, `${BASE}hang-body`, { headers: COOKIE }).then(
+      (res) => `completed ${res.status}`,
+      (err: Error) => err.message,
+    );
+    await waitFor(() => cp.relay.stats().streams === 2, 2000, "both requests to reach the agent");
+    await new Promise((r) => setTimeout(r, 100));
+    cp.sessions.refuseTunnels = true;
+    tunnel.dropConnection();
+    const failed = await waiting;
+    expect(failed.status).toBe(502);
+    expect(JSON.parse(failed.body.toString())).toEqual({
+      error: "The provider is not reachable right now (tunnel closed)",
+      code: "TUNNEL_UNAVAILABLE",
+    });
+    // Its headers were already sent: the renter sees the connection cut, never a truncated "success".
+    expect(await midBody).toBe("aborted");
+    await waitFor(() => cp.sessions.tunnelStates.at(-1) === false, 2000, "setTunnelConnected(false)");
+
+    const during = await fetchRaw(cp.port, `${BASE}api/status`, { headers: COOKIE });
+    expect(during.status).toBe(502);
+    expect(JSON.parse(during.body.toString())).toMatchObject({ code: "TUNNEL_UNAVAILABLE" });
+
+    cp.sessions.refuseTunnels = false;
+    await tunnel.waitConnected(5000);
+    await waitFor(() => cp.sessions.tunnelStates.at(-1) === true, 2000, "setTunnelConnected(true)");
+    const after = await fetchRaw(cp.port, `${BASE}api/status`, { headers: COOKIE });
+    expect(after.status).toBe(200);
+  });
+});

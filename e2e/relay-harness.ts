@@ -1,0 +1,233 @@
+// Test harness of the relay tests: a control plane made of the relay plugin alone (fake session
+// store, real Express, real sockets), the agent's relay tunnel, and a local target standing in
+// for Jupyter. Imports the relay sources directly so these tests need neither package's build.
+import { createHash } from "node:crypto";
+import { createServer, request, type IncomingHttpHeaders, type IncomingMessage, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import express from "express";
+import { WebSocketServer } from "ws";
+import { RunitError, asSecret, type EndReason, type SecurityEvent } from "@runit/protocol";
+import { createRelay, type RelayOptions, type RelayPlugin, type RelaySessions } from "../packages/control-plane/src/relay/index.js";
+import { createRelayTunnel, type RelayTunnel, type RelayTunnelOptions } from "../packages/agent/src/tunnel/relay.js";
+
+export const SESSION_ID = "0b3f6c1e-2d4a-4c6b-8e9f-1a2b3c4d5e6f";
+export const SESSION_SECRET = "s".repeat(40);
+export const ACCESS_TOKEN = "a".repeat(40);
+export const JUPYTER_TOKEN = "jupytertoken0123456789abcdef";
+export const BASE = `/s/${SESSION_ID}/`;
+
+/** A deterministic byte pattern: block i of 64 KiB is filled with (i * 7 + 13) & 0xff. */
+export function patternBlock(i: number): Buffer {
+  return Buffer.alloc(64 * 1024, (i * 7 + 13) & 0xff);
+}
+
+/** sha256 of `blocks` pattern blocks. */
+export function patternSha256(blocks: number): string {
+  const hash = createHash("sha256");
+  for (let i = 0; i < blocks; i++) hash.update(patternBlock(i));
+  return hash.digest("hex");
+}
+
+/** The fake session store: one session, cookie + IP lock, a byte meter with a settable cap. */
+export class FakeSessions implements RelaySessions {
+  rx = 0;
+  tx = 0;
+  cap = Number.POSITIVE_INFINITY;
+  ended: EndReason | undefined;
+  refuseTunnels = false;
+  tunnelStates: boolean[] = [];
+  events: Array<{ event: SecurityEvent; details: Record<string, unknown> }> = [];
+  private listeners: Array<(sessionId: string, reason: EndReason) => void> = [];
+
+  authenticateTunnel(secret: string): string {
+    if (this.refuseTunnels || secret !== SESSION_SECRET || this.ended) throw new RunitError("INVALID_SESSION_SECRET");
+    return SESSION_ID;
+  }
+  authorizeRelay(sessionId: string, accessToken: string | undefined, ip: string): void {
+    if (sessionId !== SESSION_ID) throw new RunitError("SESSION_NOT_FOUND");
+    if (this.ended) throw new RunitError(this.ended === "BANDWIDTH_EXCEEDED" ? "BANDWIDTH_EXCEEDED" : "SESSION_NOT_FOUND");
+    if (accessToken !== ACCESS_TOKEN) {
+      this.events.push({ event: "RELAY_ACCESS_DENIED", details: { sessionId, ip } });
+      throw new RunitError("LOCK_REQUIRED");
+    }
+    if (ip !== "127.0.0.1") {
+      this.events.push({ event: "SESSION_HIJACK_ATTEMPT", details: { sessionId, ip } });
+      throw new RunitError("IP_MISMATCH");
+    }
+  }
+  recordRelayTraffic(_sessionId: string, rxBytes: number, txBytes: number): boolean {
+    this.rx += rxBytes;
+    this.tx += txBytes;
+    if (this.rx + this.tx > this.cap && !this.ended) {
+      this.ended = "BANDWIDTH_EXCEEDED";
+      for (const listener of this.listeners) listener(SESSION_ID, "BANDWIDTH_EXCEEDED");
+      return false;
+    }
+    return !this.ended;
+  }
+  setTunnelConnected(_sessionId: string, connected: boolean): void {
+    this.tunnelStates.push(connected);
+  }
+  onSessionEnded(listener: (sessionId: string, reason: EndReason) => void): () => void {
+    this.listeners.push(listener);
+    return () => void (this.listeners = this.listeners.filter((l) => l !== listener));
+  }
+}
+
+/** The stand-in for Jupyter: records request headers, streams patterns, hashes uploads, echoes WebSockets. */
+export interface Target {
+  port: number;
+  lastHeaders: IncomingHttpHeaders | undefined;
+  /** Bytes the current /big response managed to hand to its socket. */
+  bigWritten: number;
+  close(): Promise<void>;
+}
+
+export async function startTarget(): Promise<Target> {
+  const target: Target = { port: 0, lastHeaders: undefined, bigWritten: 0, close: async () => undefined };
+  const server = createServer((req, res) => {
+    target.lastHeaders = req.headers;
+    const url = new URL(req.url ?? "/", "http://x");
+    const path = url.pathname.slice(BASE.length - 1);
+    if (path === "/api/status") return void res.writeHead(200, { "Content-Type": "application/json" }).end('{"ok":true}');
+    if (path === "/big") return streamPattern(res, Number(url.searchParams.get("blocks")), target);
+    if (path === "/upload") {
+      const hash = createHash("sha256");
+      let length = 0;
+      req.on("data", (chunk: Buffer) => ((length += chunk.length), hash.update(chunk)));
+      req.on("end", () => res.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify({ length, sha256: hash.digest("hex") })));
+      return;
+    }
+    if (path === "/hang") return; // never answers: an in-flight request when the tunnel drops
+    if (path === "/hang-body") return void res.writeHead(200).write("started");
+    res.writeHead(404).end("no such path");
+  });
+  const wss = new WebSocketServer({ server });
+  wss.on("connection", (ws) => ws.on("message", (data, isBinary) => ws.send(data, { binary: isBinary })));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  target.port = (server.address() as AddressInfo).port;
+  target.close = async () => {
+    for (const client of wss.clients) client.terminate();
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  };
+  return target;
+}
+
+function streamPattern(res: import("node:http").ServerResponse, blocks: number, target: Target): void {
+  target.bigWritten = 0;
+  res.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": String(blocks * 64 * 1024) });
+  let i = 0;
+  const pump = (): void => {
+    while (i < blocks) {
+      const block = patternBlock(i++);
+      const more = res.write(block, () => (target.bigWritten += block.length));
+      if (!more) return void res.once("drain", pump);
+    }
+    res.end();
+  };
+  pump();
+}
+
+/** The control plane side: Express with the relay mounted as the server wires it. */
+export interface ControlPlane {
+  url: string;
+  port: number;
+  relay: RelayPlugin;
+  sessions: FakeSessions;
+  close(): Promise<void>;
+}
+
+export async function startControlPlane(options: RelayOptions = {}): Promise<ControlPlane> {
+  const sessions = new FakeSessions();
+  const relay = createRelay(
+    {
+      sessions,
+      clientIp: (req) => (req.socket.remoteAddress ?? "").replace(/^::ffff:/, ""),
+      logger: { info: () => undefined, warn: () => undefined },
+      securityLog: (event, details) => sessions.events.push({ event, details }),
+    },
+    { pingIntervalMs: 500, meterFlushMs: 50, ...options },
+  );
+  const app = express();
+  app.use("/s/:sessionId", relay.handleHttp);
+  app.use(express.json());
+  const server: Server = createServer(app);
+  server.on("upgrade", (req, socket, head) => {
+    if (!relay.handleUpgrade(req, socket, head)) socket.destroy();
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    relay,
+    sessions,
+    close: async () => {
+      await relay.close();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** The agent side: the relay tunnel attached to the target. */
+export async function startAgentTunnel(cp: ControlPlane, target: { port: number }, options: Partial<RelayTunnelOptions> = {}): Promise<RelayTunnel> {
+  const tunnel = createRelayTunnel({
+    logger: { info: () => undefined, error: () => undefined },
+    pingIntervalMs: 500,
+    reconnectMinMs: 50,
+    reconnectMaxMs: 200,
+    ...options,
+  });
+  await tunnel.attach({
+    serverUrl: cp.url,
+    sessionId: SESSION_ID,
+    sessionSecret: asSecret(SESSION_SECRET),
+    jupyterPort: target.port,
+    jupyterToken: asSecret(JUPYTER_TOKEN),
+    basePath: BASE,
+  });
+  await tunnel.waitConnected(5000);
+  return tunnel;
+}
+
+/** A finished HTTP exchange. */
+export interface Fetched {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** One HTTP request over a fresh connection (optionally from another loopback address). */
+export function fetchRaw(
+  port: number,
+  path: string,
+  opts: { method?: string; headers?: Record<string, string>; body?: Buffer; localAddress?: string } = {},
+): Promise<Fetched> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { host: "127.0.0.1", port, path, method: opts.method ?? "GET", headers: opts.headers, localAddress: opts.localAddress, agent: false },
+      (res: IncomingMessage) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+        res.on("error", reject);
+      },
+    );
+    req.on("error", reject);
+    req.end(opts.body);
+  });
+}
+
+/** The cookie the lock holder's browser sends. */
+export const COOKIE = { Cookie: `runit_access=${ACCESS_TOKEN}; other=1` };
+
+/** Polls `check` every 20 ms until it is true or `timeoutMs` passes. */
+export async function waitFor(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
