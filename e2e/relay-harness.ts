@@ -39,21 +39,23 @@ export class FakeSessions implements RelaySessions {
   events: Array<{ event: SecurityEvent; details: Record<string, unknown> }> = [];
   private listeners: Array<(sessionId: string, reason: EndReason) => void> = [];
 
-  authenticateTunnel(secret: string): string {
-    if (this.refuseTunnels || secret !== SESSION_SECRET || this.ended) throw new RunitError("INVALID_SESSION_SECRET");
-    return SESSION_ID;
+  authenticateTunnel(secret: string): { sessionId: string } | RunitError {
+    if (this.refuseTunnels || secret !== SESSION_SECRET || this.ended) return new RunitError("INVALID_SESSION_SECRET");
+    return { sessionId: SESSION_ID };
   }
-  authorizeRelay(sessionId: string, accessToken: string | undefined, ip: string): void {
-    if (sessionId !== SESSION_ID) throw new RunitError("SESSION_NOT_FOUND");
-    if (this.ended) throw new RunitError(this.ended === "BANDWIDTH_EXCEEDED" ? "BANDWIDTH_EXCEEDED" : "SESSION_NOT_FOUND");
+  authorizeRelay(sessionId: string, accessToken: string | undefined, ip: string): { ok: true } | { ok: false; error: RunitError } {
+    const deny = (error: RunitError) => ({ ok: false as const, error });
+    if (sessionId !== SESSION_ID) return deny(new RunitError("SESSION_NOT_FOUND"));
+    if (this.ended) return deny(new RunitError(this.ended === "BANDWIDTH_EXCEEDED" ? "BANDWIDTH_EXCEEDED" : "SESSION_NOT_FOUND"));
     if (accessToken !== ACCESS_TOKEN) {
       this.events.push({ event: "RELAY_ACCESS_DENIED", details: { sessionId, ip } });
-      throw new RunitError("LOCK_REQUIRED");
+      return deny(new RunitError("LOCK_REQUIRED"));
     }
     if (ip !== "127.0.0.1") {
       this.events.push({ event: "SESSION_HIJACK_ATTEMPT", details: { sessionId, ip } });
-      throw new RunitError("IP_MISMATCH");
+      return deny(new RunitError("IP_MISMATCH"));
     }
+    return { ok: true };
   }
   recordRelayTraffic(_sessionId: string, rxBytes: number, txBytes: number): boolean {
     this.rx += rxBytes;

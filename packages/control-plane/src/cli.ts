@@ -2,6 +2,7 @@ import { Command, Option } from "commander";
 import { systemClock } from "./clock.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { createSecurityLog, type SecurityLog } from "./securityLog.js";
+import { createRelay } from "./relay/index.js"; // relay (issue 4): the built-in relay is always on
 import { startServer } from "./server.js";
 import { RunitDatabase } from "./store/database.js";
 import { ProviderKeyStore } from "./store/providerKeys.js";
@@ -33,7 +34,7 @@ function buildProgram(): Command {
         config.port = opts.port;
       }
       if (opts.db) config.dbPath = opts.db;
-      await startServer({ config, handleSignals: true });
+      await startServer({ config, handleSignals: true, relay: (ctx) => createRelay(ctx) });
     });
 
   const keys = program.command("keys").description("manage provider API keys");

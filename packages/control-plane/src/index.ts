@@ -13,3 +13,5 @@ export { ProviderKeyStore, type ProviderKeyRecord } from "./store/providerKeys.j
 export { validateProviderUrl, type ProviderUrlCheck, type ProviderUrlRefusal } from "./providerUrl.js";
 export { resolveClientIp, parseTrustProxy, normalizeIp, type TrustProxy } from "./clientIp.js";
 export { hashSecret, newSecret, bearerToken } from "./secretTokens.js";
+// relay (issue 4): the built-in relay, plugged in with startServer({ relay: (ctx) => createRelay(ctx) }).
+export { createRelay, type RelayOptions, type RelayStats } from "./relay/index.js";

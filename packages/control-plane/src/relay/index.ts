@@ -45,7 +45,7 @@ export function createRelay(ctx: RelayContext, options: RelayOptions = {}): Rela
       return renter.handleUpgrade(req, socket, head);
     },
     async close(): Promise<void> {
-      if (typeof unsubscribe === "function") unsubscribe();
+      unsubscribe();
       meter.close();
       await hub.close();
     },

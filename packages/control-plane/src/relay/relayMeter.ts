@@ -72,16 +72,13 @@ export class RelayMeter {
     const entry = this.pending.get(sessionId);
     if (!entry) return;
     this.pending.delete(sessionId);
-    let answer: boolean | Promise<boolean>;
+    let ok: boolean;
     try {
-      answer = this.sessions.recordRelayTraffic(sessionId, entry.rx, entry.tx);
+      ok = this.sessions.recordRelayTraffic(sessionId, entry.rx, entry.tx);
     } catch (err) {
       this.onError(err);
       return;
     }
-    if (answer === false) this.onCapExceeded(sessionId);
-    else if (answer instanceof Promise) {
-      answer.then((ok) => void (ok || this.onCapExceeded(sessionId)), this.onError);
-    }
+    if (!ok) this.onCapExceeded(sessionId);
   }
 }

@@ -35,10 +35,9 @@ export class RenterRelay {
       res.writeHead(308, { Location: `/s/${match[1]}/${match[3] ?? ""}` }).end();
       return;
     }
-    this.authorize(req, sessionId).then(
-      () => this.relayHttp(req, res, sessionId, url),
-      (err: unknown) => sendError(res, toRunitError(err)),
-    );
+    const denied = this.authorize(req, sessionId);
+    if (denied) return sendError(res, denied);
+    this.relayHttp(req, res, sessionId, url);
   }
 
   /** Relays a WebSocket upgrade of `/s/<id>/...`; false when the path is not a session path. */
@@ -52,20 +51,22 @@ export class RenterRelay {
       return true;
     }
     const sessionId = decodeURIComponent(match[1] as string);
-    this.authorize(req, sessionId).then(
-      () => this.relayUpgrade(req, socket, head, sessionId, url),
-      (err: unknown) => {
-        const error = toRunitError(err);
-        writeRawError(socket, error.status, error.toBody());
-      },
-    );
+    const denied = this.authorize(req, sessionId);
+    if (denied) writeRawError(socket, denied.status, denied.toBody());
+    else this.relayUpgrade(req, socket, head, sessionId, url);
     return true;
   }
 
-  private async authorize(req: IncomingMessage, sessionId: string): Promise<void> {
+  /** The lock check (cookie + locking IP); the store logs every refusal. Undefined = allowed. */
+  private authorize(req: IncomingMessage, sessionId: string): RunitError | undefined {
     const ip = this.ctx.clientIp(req);
     const token = readCookie(req.headers.cookie, RELAY_COOKIE_NAME);
-    await this.ctx.sessions.authorizeRelay(sessionId, token, ip);
+    try {
+      const answer = this.ctx.sessions.authorizeRelay(sessionId, token, ip);
+      return answer.ok ? undefined : answer.error;
+    } catch (err) {
+      return toRunitError(err);
+    }
   }
 
   private openStream(req: IncomingMessage, sessionId: string, url: string, upgrade: boolean): TunnelStream {

@@ -7,6 +7,7 @@ import {
   TUNNEL_CLOSE_REPLACED,
   TUNNEL_CLOSE_SESSION_ENDED,
   maskSecret,
+  RunitError,
   toRunitError,
   type TunnelErrorCode,
 } from "@runit/protocol";
@@ -60,18 +61,18 @@ export class TunnelHub {
     socket.on("error", () => socket.destroy());
     const ip = this.ctx.clientIp(req);
     const secret = /^Bearer (\S+)$/.exec(req.headers.authorization ?? "")?.[1] ?? "";
-    Promise.resolve()
-      .then(() => this.ctx.sessions.authenticateTunnel(secret, ip))
-      .then(
-        (sessionId) => {
-          this.wss.handleUpgrade(req, socket, head, (ws) => this.register(sessionId, ws, ip));
-        },
-        (err: unknown) => {
-          const error = toRunitError(err);
-          this.ctx.logger.warn(`[relay] tunnel refused from ${ip} (secret ${maskSecret(secret)}): ${error.code}`);
-          writeRawError(socket, error.status, error.toBody());
-        },
-      );
+    let found: { sessionId: string } | RunitError;
+    try {
+      found = this.ctx.sessions.authenticateTunnel(secret, ip);
+    } catch (err) {
+      found = toRunitError(err);
+    }
+    if (found instanceof RunitError) {
+      this.ctx.logger.warn(`[relay] tunnel refused from ${ip} (secret ${maskSecret(secret)}): ${found.code}`);
+      return writeRawError(socket, found.status, found.toBody());
+    }
+    const { sessionId } = found;
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.register(sessionId, ws));
   }
 
   /** Ends a session's tunnel and streams (session ended, cap reached). */
@@ -98,7 +99,7 @@ export class TunnelHub {
     await new Promise<void>((resolve) => this.wss.close(() => resolve()));
   }
 
-  private register(sessionId: string, ws: WebSocket, ip: string): void {
+  private register(sessionId: string, ws: WebSocket): void {
     const previous = this.tunnels.get(sessionId);
     if (previous) {
       this.tunnels.delete(sessionId);
@@ -119,19 +120,19 @@ export class TunnelHub {
       if (this.tunnels.get(sessionId) !== tunnel) return;
       this.tunnels.delete(sessionId);
       this.ctx.logger.info(`[relay] tunnel down: ${sessionId}`);
-      this.ctx.securityLog("TUNNEL_DISCONNECTED", { sessionId, ip });
       this.report(sessionId, false);
     });
     tunnel.link.send({ type: "welcome", sessionId, protocolVersion: PROTOCOL_VERSION });
     this.ctx.logger.info(`[relay] tunnel up: ${sessionId}`);
-    this.ctx.securityLog("TUNNEL_CONNECTED", { sessionId, ip });
     this.report(sessionId, true);
   }
 
   private report(sessionId: string, connected: boolean): void {
-    Promise.resolve()
-      .then(() => this.ctx.sessions.setTunnelConnected(sessionId, connected))
-      .catch((err: unknown) => this.ctx.logger.warn(`[relay] could not mark ${sessionId} tunnel=${connected}: ${String(err)}`));
+    try {
+      this.ctx.sessions.setTunnelConnected(sessionId, connected);
+    } catch (err) {
+      this.ctx.logger.warn(`[relay] could not mark ${sessionId} tunnel=${connected}: ${toRunitError(err).message}`);
+    }
   }
 
   private pingAll(): void {

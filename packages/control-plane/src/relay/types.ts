@@ -1,20 +1,20 @@
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import type { RequestHandler } from "express";
-import type { EndReason, SecurityEvent } from "@runit/protocol";
+import type { EndReason, RunitError, SecurityEvent } from "@runit/protocol";
 
-/** What the relay needs from the session store (the control plane's sessions module provides it). */
+/** What the relay needs from the session store (SessionService in this package provides it). */
 export interface RelaySessions {
-  /** The session a tunnel secret belongs to; throws a RunitError (401) for a bad secret. */
-  authenticateTunnel(secret: string, ip: string): string | Promise<string>;
-  /** Throws a RunitError (403) unless `accessToken` holds the lock of `sessionId` from `ip`. */
-  authorizeRelay(sessionId: string, accessToken: string | undefined, ip: string): void | Promise<void>;
+  /** The live relay-mode session a tunnel secret belongs to, or the error to answer (401/403/404). */
+  authenticateTunnel(secret: string, ip: string): { sessionId: string } | RunitError;
+  /** May `accessToken` (the relay cookie) from `ip` use `sessionId`? Refusals are logged by the store. */
+  authorizeRelay(sessionId: string, accessToken: string | undefined, ip: string): { ok: true } | { ok: false; error: RunitError };
   /** Adds relayed bytes (rx: renter → session, tx: session → renter); false once the cap ended the session. */
-  recordRelayTraffic(sessionId: string, rxBytes: number, txBytes: number): boolean | Promise<boolean>;
-  /** Marks the session available (tunnel up) or unavailable (tunnel down). */
-  setTunnelConnected(sessionId: string, connected: boolean): void | Promise<void>;
+  recordRelayTraffic(sessionId: string, rxBytes: number, txBytes: number): boolean;
+  /** Marks the session available (tunnel up) or unavailable (tunnel down); logs TUNNEL_(DIS)CONNECTED. */
+  setTunnelConnected(sessionId: string, connected: boolean): void;
   /** Calls `listener` whenever a session ends, for any reason; returns an unsubscribe function. */
-  onSessionEnded(listener: (sessionId: string, reason: EndReason) => void): (() => void) | void;
+  onSessionEnded(listener: (sessionId: string, reason: EndReason) => void): () => void;
 }
 
 /** The logger the relay writes operational lines to. */
@@ -24,7 +24,10 @@ export interface RelayLogger {
 }
 
 /** The security log: one `[SECURITY]` line and one audit record per event. */
-export type RelaySecurityLog = (event: SecurityEvent, details: Record<string, unknown>) => void;
+export type RelaySecurityLog = (
+  event: SecurityEvent,
+  details: Record<string, string | number | boolean | null | undefined>,
+) => void;
 
 /** What the control plane hands the relay factory. */
 export interface RelayContext {
