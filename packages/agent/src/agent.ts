@@ -1,0 +1,189 @@
+import { EventEmitter } from "node:events";
+import { mkdir } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import Docker from "dockerode";
+import { asSecret } from "@runit/protocol";
+import { ControlPlaneError, backoffDelay, createControlPlaneClient } from "./controlPlaneClient.js";
+import { removeContainer } from "./docker/sessionContainer.js";
+import { ensureSessionImage } from "./docker/sessionImage.js";
+import { ensureSessionNetwork } from "./docker/sessionNetwork.js";
+import { detectHardware } from "./hardware.js";
+import { createLogger } from "./logger.js";
+import { resolveAgentOptions, type AgentOptions } from "./options.js";
+import { recoverSessions } from "./recovery.js";
+import { sessionInfo, type AgentContext, type LiveSession, type SessionEndReason, type SessionInfo } from "./sessionContext.js";
+import { startSession } from "./sessionStart.js";
+import { watchSession } from "./sessionWatch.js";
+import { clearLiveSession, removePidFile, writePidFile } from "./stateFile.js";
+import { createCloudflaredTunnel } from "./tunnel/cloudflared.js";
+import { createRelayTunnel } from "./tunnel/relay.js";
+import type { TunnelFactory } from "./tunnel/types.js";
+import { purgeOldWorkspaces } from "./workspace.js";
+
+/** Events of a running agent. */
+export interface AgentEvents {
+  /** A session is registered and offered (also after re-adoption). */
+  ready: [SessionInfo];
+  /** A heartbeat was accepted. */
+  heartbeat: [{ sessionId: string; status: "READY" | "LOCKED" }];
+  /** A session ended; `endedAt` is epoch ms. */
+  ended: [{ sessionId: string; reason: string; endedAt: number }];
+  /** The agent stopped for a reason it cannot recover from (one line for the provider). */
+  fatal: [Error];
+}
+
+/** A running agent (runAgent's result). */
+export interface AgentHandle {
+  readonly agentName: string;
+  /** The session being offered, without secrets. */
+  current(): SessionInfo | undefined;
+  on<E extends keyof AgentEvents>(event: E, listener: (...args: AgentEvents[E]) => void): void;
+  off<E extends keyof AgentEvents>(event: E, listener: (...args: AgentEvents[E]) => void): void;
+  /** Deregisters and removes the current session's container; resolves when done. Idempotent. */
+  stop(): Promise<void>;
+  /** Resolves when the agent has stopped (stop() or a fatal error, which it rejects with). */
+  readonly done: Promise<void>;
+}
+
+/** Thrown by runAgent when the agent cannot start; the message is one line for the provider. */
+export class AgentStartError extends Error {
+  override name = "AgentStartError";
+}
+
+async function connectDocker(docker: Docker): Promise<void> {
+  try {
+    await docker.ping();
+  } catch (err) {
+    const where = process.env.DOCKER_HOST ?? "/var/run/docker.sock";
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EACCES") throw new AgentStartError(`no permission on the Docker socket ${where} (add this user to the docker group or run as root)`);
+    throw new AgentStartError(`no Docker engine answers at ${where} (${code ?? (err as Error).message}); start Docker or set DOCKER_HOST`);
+  }
+}
+
+function tunnelFactoryFor(ctx: Pick<AgentContext, "options" | "fetch">): TunnelFactory {
+  if (ctx.options.tunnelFactory) return ctx.options.tunnelFactory;
+  if (ctx.options.tunnel === "cloudflared") {
+    return ({ logger, jupyterPort }) => createCloudflaredTunnel({ logger, jupyterPort, bin: ctx.options.cloudflaredBin, fetch: ctx.fetch });
+  }
+  return ({ logger }) => createRelayTunnel({ logger });
+}
+
+/**
+ * Starts the provider agent: checks Docker, the image and the network, recovers what a previous
+ * run left behind, offers a first session and keeps offering fresh ones as sessions end.
+ * Resolves once the first session is registered; rejects (AgentStartError or ControlPlaneError)
+ * with a one-line message when it cannot.
+ */
+export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
+  const o = resolveAgentOptions(options);
+  const secrets = new Set<string>([o.providerKey]);
+  const logger = options.logger ?? createLogger(options.stdout ?? process.stdout, options.stderr ?? process.stderr, () => [...secrets]);
+  const docker = options.docker ?? new Docker();
+  const fetchFn = options.fetch ?? fetch;
+  await connectDocker(docker);
+  await ensureSessionImage(docker, o.image, logger);
+  await ensureSessionNetwork(docker, o.network);
+  await mkdir(o.workspaceRoot, { recursive: true, mode: 0o700 });
+  logger.info(`[agent] workspace directory: ${o.workspaceRoot}`);
+  if (o.writePidFile) await writePidFile(o.stateDir, o.agentName);
+
+  const events = new EventEmitter();
+  const ctx: AgentContext = {
+    options: o,
+    docker,
+    client: createControlPlaneClient({ serverUrl: o.serverUrl, providerKey: asSecret(o.providerKey), fetch: fetchFn }),
+    logger,
+    fetch: fetchFn,
+    hardware: await detectHardware(o.limits),
+    tunnelFactory: tunnelFactoryFor({ options: o, fetch: fetchFn }),
+    events,
+    secrets,
+  };
+  const stopController = new AbortController();
+  let current: LiveSession | undefined;
+
+  const purge = async (): Promise<void> => {
+    const keep = new Set(current ? [current.sessionId] : []);
+    const removed = await purgeOldWorkspaces(o.workspaceRoot, o.workspaceRetentionMs, keep).catch(() => []);
+    if (removed.length) logger.info(`[agent] removed ${removed.length} workspace(s) older than the retention`);
+  };
+  const purgeTimer = setInterval(() => void purge(), Math.min(3600_000, Math.max(60_000, o.workspaceRetentionMs / 4)));
+  purgeTimer.unref();
+
+  async function endSession(s: LiveSession, end: SessionEndReason): Promise<void> {
+    if (end.by === "agent" && end.reason !== "SECRET_REFUSED") {
+      await ctx.client.deregister(s.sessionId, s.sessionSecret).catch((err: Error) => logger.error(`[agent] deregistration failed: ${err.message}`));
+    }
+    await s.tunnel.close().catch(() => undefined);
+    await removeContainer(docker, s.containerId).catch((err: Error) => logger.error(`[agent] could not remove container: ${err.message}`));
+    await clearLiveSession(o.stateDir, o.agentName);
+    logger.info(`[agent] session ended: ${s.sessionId} (${end.reason}); container removed`);
+    events.emit("ended", { sessionId: s.sessionId, reason: end.reason, endedAt: Date.now() });
+  }
+
+  async function offer(): Promise<LiveSession> {
+    const s = await startSession(ctx, stopController.signal);
+    current = s;
+    events.emit("ready", sessionInfo(s));
+    return s;
+  }
+
+  async function loop(first: LiveSession): Promise<void> {
+    let s: LiveSession | undefined = first;
+    for (let failures = 0; !stopController.signal.aborted; ) {
+      if (!s) {
+        try {
+          logger.info("[agent] offering a fresh session");
+          s = await offer();
+          failures = 0;
+        } catch (err) {
+          if (err instanceof ControlPlaneError && err.fatal && err.status === 401) throw err;
+          failures++;
+          logger.error(`[agent] could not start a session: ${(err as Error).message}`);
+          await sleep(backoffDelay(failures), undefined, { signal: stopController.signal }).catch(() => undefined);
+          continue;
+        }
+      }
+      const end = await watchSession(ctx, s, stopController.signal);
+      await endSession(s, end);
+      current = undefined;
+      s = undefined;
+    }
+  }
+
+  await purge();
+  let first: LiveSession;
+  try {
+    first = (await recoverSessions(ctx)) ?? (await offer());
+    current = first;
+    if (first.adopted) events.emit("ready", sessionInfo(first));
+  } catch (err) {
+    clearInterval(purgeTimer);
+    if (o.writePidFile) await removePidFile(o.stateDir, o.agentName);
+    throw err;
+  }
+
+  const done = loop(first)
+    .catch((err: Error) => {
+      events.emit("fatal", err);
+      throw err;
+    })
+    .finally(async () => {
+      clearInterval(purgeTimer);
+      if (o.writePidFile) await removePidFile(o.stateDir, o.agentName);
+    });
+  done.catch(() => undefined);
+
+  return {
+    agentName: o.agentName,
+    current: () => (current ? sessionInfo(current) : undefined),
+    on: (event, listener) => void events.on(event, listener as (...a: unknown[]) => void),
+    off: (event, listener) => void events.off(event, listener as (...a: unknown[]) => void),
+    async stop() {
+      stopController.abort();
+      await done.catch(() => undefined);
+    },
+    done,
+  };
+}

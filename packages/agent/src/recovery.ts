@@ -1,0 +1,81 @@
+import { asSecret } from "@runit/protocol";
+import { listAgentContainers, removeContainer } from "./docker/sessionContainer.js";
+import { readJupyterActivity } from "./jupyter/jupyterProbe.js";
+import type { AgentContext, LiveSession } from "./sessionContext.js";
+import { clearLiveSession, readLiveSession, type LiveSessionState } from "./stateFile.js";
+
+/**
+ * After a restart (a SIGKILL leaves containers and a registered session behind): re-adopts the
+ * persisted session when its container runs, Jupyter answers and the server still has it READY or
+ * LOCKED; removes every other container of this agent and DELETEs a session it cannot adopt.
+ * Afterwards there is no orphan container and at most one live session for this agent.
+ */
+export async function recoverSessions(ctx: AgentContext): Promise<LiveSession | undefined> {
+  const { options: o, logger } = ctx;
+  const state = await readLiveSession(o.stateDir, o.agentName);
+  const containers = await listAgentContainers(ctx.docker, o.agentName);
+  let adopted: LiveSession | undefined;
+  if (state) {
+    ctx.secrets.add(state.sessionSecret);
+    ctx.secrets.add(state.jupyterToken);
+    const container = containers.find((c) => c.id === state.containerId && c.sessionId === state.sessionId && c.running);
+    if (container && state.tunnel === o.tunnel) adopted = await tryAdopt(ctx, state);
+    if (!adopted) {
+      await ctx.client.deregister(state.sessionId, asSecret(state.sessionSecret)).catch((err: Error) => {
+        logger.error(`[agent] could not deregister leftover session ${state.sessionId}: ${err.message}`);
+      });
+      logger.info(`[agent] leftover session ${state.sessionId} ended`);
+      await clearLiveSession(o.stateDir, o.agentName);
+    }
+  }
+  for (const c of containers) {
+    if (adopted && c.id === adopted.containerId) continue;
+    await removeContainer(ctx.docker, c.id);
+    logger.info(`[agent] removed leftover container ${c.id.slice(0, 12)} (session ${c.sessionId || "?"})`);
+  }
+  return adopted;
+}
+
+async function tryAdopt(ctx: AgentContext, state: LiveSessionState): Promise<LiveSession | undefined> {
+  const secret = asSecret(state.sessionSecret);
+  const token = asSecret(state.jupyterToken);
+  try {
+    const status = await ctx.client.status(state.sessionId, secret);
+    if (status.status !== "READY" && status.status !== "LOCKED") return undefined;
+    await readJupyterActivity(ctx.fetch, state.hostPort, state.basePath, token);
+  } catch {
+    return undefined;
+  }
+  const tunnel = ctx.tunnelFactory({ logger: ctx.logger, jupyterPort: state.hostPort });
+  try {
+    await tunnel.describe();
+    await tunnel.attach({
+      serverUrl: ctx.options.serverUrl,
+      sessionId: state.sessionId,
+      sessionSecret: secret,
+      jupyterPort: state.hostPort,
+      jupyterToken: token,
+      basePath: state.basePath,
+    });
+  } catch {
+    await tunnel.close().catch(() => undefined);
+    return undefined;
+  }
+  ctx.logger.info(`[agent] re-adopted session ${state.sessionId}`);
+  const now = Date.now();
+  return {
+    sessionId: state.sessionId,
+    sessionSecret: secret,
+    jupyterToken: token,
+    containerId: state.containerId,
+    hostPort: state.hostPort,
+    basePath: state.basePath,
+    workspaceDir: state.workspaceDir,
+    tunnel,
+    tunnelKind: state.tunnel,
+    heartbeatIntervalMs: ctx.options.heartbeatIntervalMs || 30_000,
+    startedAt: now,
+    registeredAt: now,
+    adopted: true,
+  };
+}

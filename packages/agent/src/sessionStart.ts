@@ -1,0 +1,121 @@
+import { randomBytes, randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { PROTOCOL_VERSION, asSecret, maskSecret, relayBasePath, type RegisterSessionRequest, type Secret } from "@runit/protocol";
+import { ControlPlaneError, backoffDelay, type Registration } from "./controlPlaneClient.js";
+import { hardenedContainerSpec } from "./docker/hardenedSpec.js";
+import { isContainerRunning, removeContainer, startSessionContainer } from "./docker/sessionContainer.js";
+import { waitForJupyter } from "./jupyter/jupyterProbe.js";
+import type { AgentContext, LiveSession } from "./sessionContext.js";
+import { writeLiveSession } from "./stateFile.js";
+import type { SessionTunnel } from "./tunnel/types.js";
+import { createSessionWorkspace } from "./workspace.js";
+
+/** Registers, retrying with exponential backoff when the failure is worth retrying. */
+export async function registerWithRetry(ctx: AgentContext, body: RegisterSessionRequest, signal: AbortSignal): Promise<Registration> {
+  const attempts = ctx.options.registerAttempts;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await ctx.client.register(body);
+    } catch (err) {
+      const retryable = err instanceof ControlPlaneError && !err.fatal;
+      if (!retryable || attempt + 1 >= attempts || signal.aborted) throw err;
+      const delay = backoffDelay(attempt);
+      ctx.logger.error(`[agent] registration failed (${(err as Error).message}); retrying in ${(delay / 1000).toFixed(1)} s`);
+      await sleep(delay, undefined, { signal }).catch(() => undefined);
+    }
+  }
+}
+
+/**
+ * Starts one fresh session: new id, new token, new empty workspace, a hardened container, the
+ * tunnel, the registration. Cleans up everything it made when a step fails.
+ */
+export async function startSession(ctx: AgentContext, signal: AbortSignal): Promise<LiveSession> {
+  const { options: o, logger } = ctx;
+  const startedAt = Date.now();
+  const sessionId = randomUUID();
+  const jupyterToken = asSecret(randomBytes(32).toString("base64url"));
+  ctx.secrets.add(jupyterToken);
+  const tunnelKind = o.tunnel;
+  const basePath = tunnelKind === "relay" ? relayBasePath(sessionId) : "/";
+  const workspaceDir = await createSessionWorkspace(o.workspaceRoot, sessionId);
+  logger.info(`[agent] session workspace: ${workspaceDir}`);
+  logger.info("[agent] starting dockerized jupyter...");
+  const spec = hardenedContainerSpec({ sessionId, agentName: o.agentName, workspaceDir, image: o.image, network: o.network, limits: o.limits });
+  const allowOrigin = tunnelKind === "relay" ? new URL(o.serverUrl).origin : "";
+  const running = await startSessionContainer(ctx.docker, spec, workspaceDir, { token: jupyterToken, baseUrl: basePath, allowOrigin }, logger);
+  let tunnel: SessionTunnel | undefined;
+  let registration: Registration | undefined;
+  try {
+    await waitForJupyter(ctx.fetch, running.hostPort, basePath, jupyterToken, 60_000, () => isContainerRunning(ctx.docker, running.id));
+    logger.info(`[agent] token detected: ${maskSecret(jupyterToken)}`);
+    tunnel = ctx.tunnelFactory({ logger, jupyterPort: running.hostPort });
+    const tunnelSpec = await tunnel.describe();
+    logger.info("=== SESSION READY ===");
+    registration = await registerWithRetry(
+      ctx,
+      {
+        sessionId,
+        ...(o.providerId ? { providerId: o.providerId } : {}),
+        protocolVersion: PROTOCOL_VERSION,
+        tunnel: tunnelSpec,
+        ...(tunnelSpec.kind === "cloudflared" ? { jupyterToken } : {}),
+        hardware: ctx.hardware,
+        pricing: { hourlyUsd: o.hourlyUsd },
+      },
+      signal,
+    );
+    if (registration.sessionId !== sessionId) throw new ControlPlaneError("the control plane ignored the proposed session id", undefined, undefined, true);
+    ctx.secrets.add(registration.sessionSecret);
+    const session: LiveSession = {
+      sessionId,
+      sessionSecret: registration.sessionSecret,
+      jupyterToken,
+      containerId: running.id,
+      hostPort: running.hostPort,
+      basePath,
+      workspaceDir,
+      tunnel,
+      tunnelKind,
+      heartbeatIntervalMs: o.heartbeatIntervalMs || registration.heartbeatIntervalMs,
+      startedAt,
+      registeredAt: Date.now(),
+      adopted: false,
+    };
+    await persist(ctx, session);
+    logger.info(`[agent] session registered: ${sessionId}`);
+    await tunnel.attach({
+      serverUrl: o.serverUrl,
+      sessionId,
+      sessionSecret: registration.sessionSecret,
+      jupyterPort: running.hostPort,
+      jupyterToken,
+      basePath,
+    });
+    return session;
+  } catch (err) {
+    if (registration) await ctx.client.deregister(sessionId, registration.sessionSecret).catch(() => undefined);
+    await tunnel?.close().catch(() => undefined);
+    await removeContainer(ctx.docker, running.id).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Persists the live session (0600, in the state dir) for recovery after a SIGKILL. */
+export async function persist(ctx: AgentContext, s: LiveSession): Promise<void> {
+  await writeLiveSession(ctx.options.stateDir, ctx.options.agentName, {
+    sessionId: s.sessionId,
+    sessionSecret: s.sessionSecret,
+    jupyterToken: s.jupyterToken,
+    containerId: s.containerId,
+    hostPort: s.hostPort,
+    basePath: s.basePath,
+    tunnel: s.tunnelKind,
+    workspaceDir: s.workspaceDir,
+  });
+}
+
+/** A secret read back from the state file. */
+export function secretOf(value: string): Secret {
+  return asSecret(value);
+}

@@ -1,0 +1,70 @@
+import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { z } from "zod";
+
+/** The live session an agent persists so a restart after SIGKILL can re-adopt or clean it up. */
+export const LiveSessionStateSchema = z.object({
+  sessionId: z.string(),
+  sessionSecret: z.string(),
+  jupyterToken: z.string(),
+  containerId: z.string(),
+  hostPort: z.number().int(),
+  basePath: z.string(),
+  tunnel: z.enum(["relay", "cloudflared"]),
+  workspaceDir: z.string(),
+});
+export type LiveSessionState = z.infer<typeof LiveSessionStateSchema>;
+
+/** File names inside the agent's state dir (never inside a workspace). */
+function statePath(stateDir: string, agentName: string): string {
+  return join(stateDir, `${agentName}.session.json`);
+}
+/** The pid file `runit-agent stop` reads. */
+export function pidFilePath(stateDir: string, agentName: string): string {
+  return join(stateDir, `${agentName}.pid`);
+}
+
+/** Reads the persisted session, or undefined when there is none or it is unreadable. */
+export async function readLiveSession(stateDir: string, agentName: string): Promise<LiveSessionState | undefined> {
+  try {
+    const parsed = LiveSessionStateSchema.safeParse(JSON.parse(await readFile(statePath(stateDir, agentName), "utf8")));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Writes the live session atomically with mode 0600 (it holds the session secret and the token). */
+export async function writeLiveSession(stateDir: string, agentName: string, state: LiveSessionState): Promise<void> {
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const target = statePath(stateDir, agentName);
+  const tmp = `${target}.${process.pid}.tmp`;
+  await writeFile(tmp, JSON.stringify(state), { mode: 0o600 });
+  await rename(tmp, target);
+}
+
+/** Forgets the live session. */
+export async function clearLiveSession(stateDir: string, agentName: string): Promise<void> {
+  await rm(statePath(stateDir, agentName), { force: true });
+}
+
+/** Writes this process's pid so `runit-agent stop` can signal it. */
+export async function writePidFile(stateDir: string, agentName: string, pid = process.pid): Promise<void> {
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  await writeFile(pidFilePath(stateDir, agentName), `${pid}\n`, { mode: 0o600 });
+}
+
+/** Reads the pid file; undefined when absent or garbage. */
+export async function readPidFile(stateDir: string, agentName: string): Promise<number | undefined> {
+  try {
+    const pid = Number((await readFile(pidFilePath(stateDir, agentName), "utf8")).trim());
+    return Number.isInteger(pid) && pid > 1 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Removes the pid file if it still names `pid`. */
+export async function removePidFile(stateDir: string, agentName: string, pid = process.pid): Promise<void> {
+  if ((await readPidFile(stateDir, agentName)) === pid) await rm(pidFilePath(stateDir, agentName), { force: true });
+}
