@@ -168,7 +168,7 @@ export class SessionStore {
   /** Sessions that have not ended, oldest first. */
   live(): SessionRecord[] {
     return (
-      this.db.prepare(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE status <> 'ENDED' ORDER BY created_at, id`).all() as SessionRow[]
+      this.db.prepare(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE status <> 'ENDED' ORDER BY created_at, rowid`).all() as SessionRow[]
     ).map(toSession);
   }
 
