@@ -61,7 +61,7 @@ function containerPaths(value: Json, path: Array<string | number> = []): Array<A
   if (value === null || typeof value !== "object") return [];
   const here = [path];
   const entries: Array<[string | number, Json]> = Array.isArray(value)
-    ? value.map((v, i) => [i, v])
+    ? Array.from({ length: value.length }, (_, i): [number, Json] => [i, value[i] as Json])
     : Object.entries(value);
   return here.concat(...entries.map(([k, v]) => containerPaths(v, [...path, k])));
 }
@@ -97,9 +97,10 @@ function applyMutation(root: Json, m: Mutation): Json {
   if (paths.length === 0) return m.value;
   const path = paths[m.where % paths.length] ?? [];
   const node = nodeAt(root, path) as Record<string | number, Json> | Json[];
-  const keys = Array.isArray(node) ? node.map((_, i) => i) : Object.keys(node);
+  const keys = Array.isArray(node) ? Array.from({ length: node.length }, (_, i) => i) : Object.keys(node);
   const target = keys.length > 0 ? keys[m.where % keys.length] : undefined;
-  if (m.op === "extra" || target === undefined) define(node, m.key, m.value);
+  if (Array.isArray(node) && (m.op === "extra" || target === undefined)) node.push(m.value);
+  else if (m.op === "extra" || target === undefined) define(node, m.key, m.value);
   else if (m.op === "delete") delete (node as Record<string | number, Json>)[target];
   else if (m.op === "retype") {
     const current = (node as Record<string | number, Json>)[target];
