@@ -1,0 +1,180 @@
+// Harness of the relay tests against a real Jupyter container: the real control plane (from
+// source, with the relay plugged in), the agent's relay tunnel, and a runit-jupyter container
+// started by hand with the agent's hardening flags (the agent's own container code is tested by
+// the agent's suite; the full real-process test is e2e/relay-processes.test.ts).
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { randomBytes, randomUUID } from "node:crypto";
+import { chmodSync, chownSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { asSecret } from "@runit/protocol";
+import { startServer, type RunningServer } from "../packages/control-plane/src/index.js";
+import { createRelay } from "../packages/control-plane/src/relay/index.js";
+import { ProviderKeyStore } from "../packages/control-plane/src/store/providerKeys.js";
+import { createRelayTunnel, type RelayTunnel } from "../packages/agent/src/tunnel/relay.js";
+import { fetchRaw, waitFor } from "./relay-harness.js";
+
+const run = promisify(execFile);
+
+/** A Jupyter container with base_url `/s/<sessionId>/`, published on 127.0.0.1 only. */
+export interface JupyterContainer {
+  sessionId: string;
+  token: string;
+  port: number;
+  workspace: string;
+  name: string;
+  stop(): Promise<void>;
+}
+
+/** Fails loudly when Docker is absent: these tests never skip. */
+export async function requireDocker(): Promise<void> {
+  try {
+    await run("docker", ["info", "--format", "{{.ServerVersion}}"], { timeout: 20_000 });
+  } catch (err) {
+    throw new Error(`Docker is required for the relay Jupyter tests (run ./scripts/ensure-docker.sh): ${String(err)}`);
+  }
+}
+
+export async function startJupyter(image = "runit-jupyter:latest"): Promise<JupyterContainer> {
+  const sessionId = randomUUID();
+  const token = randomBytes(24).toString("hex");
+  const name = `runit-relay-test-${sessionId.slice(0, 8)}`;
+  const workspace = mkdtempSync(join(tmpdir(), "runit-relay-ws-"));
+  chownSync(workspace, 1000, 1000);
+  chmodSync(workspace, 0o700);
+  const child: ChildProcess = spawn(
+    "docker",
+    [
+      "run", "--rm", "-i", "--name", name,
+      "--read-only", "--tmpfs", "/tmp:rw,noexec,nosuid,size=64m",
+      "--tmpfs", "/home/jupyteruser:rw,nosuid,size=64m,uid=1000,gid=1000,mode=0700",
+      "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "1000:1000",
+      "--memory", "1g", "--pids-limit", "200",
+      "-p", "127.0.0.1::8888", "-v", `${workspace}:/workspace`,
+      "--label", "runit.test=relay",
+      image,
+    ],
+    { stdio: ["pipe", "ignore", "ignore"] },
+  );
+  child.stdin?.end(`${JSON.stringify({ token, baseUrl: `/s/${sessionId}/`, allowOrigin: "" })}\n`);
+  let port = 0;
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline && port === 0) {
+    try {
+      const { stdout } = await run("docker", ["port", name, "8888/tcp"]);
+      port = Number(/127\.0\.0\.1:(\d+)/.exec(stdout)?.[1] ?? 0);
+    } catch {
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  if (!port) throw new Error("Jupyter container did not publish its port");
+  let ready = false;
+  while (Date.now() < deadline && !ready) {
+    try {
+      const res = await fetchRaw(port, `/s/${sessionId}/api/status`, { headers: { Authorization: `token ${token}` } });
+      ready = res.status === 200;
+    } catch {
+      // not listening yet
+    }
+    if (!ready) await new Promise((r) => setTimeout(r, 300));
+  }
+  if (!ready) throw new Error("Jupyter did not become ready in 60 s");
+  return {
+    sessionId,
+    token,
+    port,
+    workspace,
+    name,
+    stop: async () => {
+      await run("docker", ["rm", "-f", name]).catch(() => undefined);
+      child.kill();
+      rmSync(workspace, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A control plane with the relay, a provider key, one registered relay session and its tunnel. */
+export interface RelayStack {
+  cp: RunningServer;
+  out: string[];
+  tunnel: RelayTunnel;
+  sessionSecret: string;
+  accessToken: string;
+  /** `runit_access=<token>` as the browser sends it after `/access/:token`. */
+  cookie: string;
+  setCookie: string;
+  close(): Promise<void>;
+}
+
+export async function startRelayStack(
+  jupyter: JupyterContainer,
+  opts: { bandwidthCapBytes?: number; reconnectMinMs?: number } = {},
+): Promise<RelayStack> {
+  const dir = mkdtempSync(join(tmpdir(), "runit-relay-cp-"));
+  const out: string[] = [];
+  const cp = await startServer({
+    env: {},
+    stdout: { write: (s: string) => out.push(s) },
+    stderr: { write: (s: string) => out.push(s) },
+    config: {
+      port: 0,
+      host: "127.0.0.1",
+      dbPath: join(dir, "runit.db"),
+      ...(opts.bandwidthCapBytes ? { bandwidthCapBytes: opts.bandwidthCapBytes } : {}),
+    },
+    relay: (ctx) => createRelay(ctx, { pingIntervalMs: 1000 }),
+  });
+  const { key } = new ProviderKeyStore(cp.store).create("relay-test", Date.now());
+  const reg = await postJson(cp.port, "/provider/session", key, {
+    sessionId: jupyter.sessionId,
+    tunnel: { kind: "relay" },
+    hardware: { cpus: 1, memoryMb: 1024, gpus: [] },
+    pricing: { hourlyUsd: 0.1 },
+  });
+  if (reg.status !== 201) throw new Error(`registration failed: ${reg.status} ${reg.body.toString()}`);
+  const sessionSecret = (JSON.parse(reg.body.toString()) as { sessionSecret: string }).sessionSecret;
+  const tunnel = createRelayTunnel({
+    logger: { info: (l) => out.push(`${l}\n`), error: (l) => out.push(`${l}\n`) },
+    pingIntervalMs: 1000,
+    reconnectMinMs: opts.reconnectMinMs ?? 100,
+    reconnectMaxMs: Math.max(1000, opts.reconnectMinMs ?? 0),
+  });
+  await tunnel.attach({
+    serverUrl: cp.url,
+    sessionId: jupyter.sessionId,
+    sessionSecret: asSecret(sessionSecret),
+    jupyterPort: jupyter.port,
+    jupyterToken: asSecret(jupyter.token),
+    basePath: `/s/${jupyter.sessionId}/`,
+  });
+  await tunnel.waitConnected(10_000);
+  await waitFor(() => out.join("").includes("TUNNEL_CONNECTED"), 5000, "TUNNEL_CONNECTED");
+  const connect = await postJson(cp.port, `/renter/sessions/${jupyter.sessionId}/connect`, undefined, {});
+  if (connect.status !== 201) throw new Error(`connect failed: ${connect.status} ${connect.body.toString()}`);
+  const accessToken = (JSON.parse(connect.body.toString()) as { accessToken: string }).accessToken;
+  const access = await fetchRaw(cp.port, `/access/${accessToken}`);
+  const setCookie = String(access.headers["set-cookie"]?.[0] ?? "");
+  if (access.status !== 302 || !setCookie) throw new Error(`access failed: ${access.status}`);
+  return {
+    cp,
+    out,
+    tunnel,
+    sessionSecret,
+    accessToken,
+    cookie: setCookie.split(";")[0] as string,
+    setCookie,
+    close: async () => {
+      await tunnel.close();
+      await cp.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** POSTs JSON (with an optional bearer token). */
+export function postJson(port: number, path: string, bearer: string | undefined, body: unknown) {
+  const headers: Record<string, string> = { "Content-Type": "application/json" };
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
+  return fetchRaw(port, path, { method: "POST", headers, body: Buffer.from(JSON.stringify(body)) });
+}
