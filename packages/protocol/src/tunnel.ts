@@ -245,33 +245,35 @@ export class SendCredit {
 }
 
 /**
- * Receive-side accounting of one stream: checks the peer stays inside its window and batches
- * credit returns so a credit frame is sent per quarter window, not per chunk.
+ * Receive-side accounting of one stream: checks the peer never sends beyond the credit granted so
+ * far (window + every credit returned) and batches credit returns so a credit frame goes out per
+ * quarter window consumed, not per chunk.
  */
 export class ReceiveWindow {
-  private outstanding = 0;
-  private consumedUnreported = 0;
+  private received = 0;
+  private granted = 0;
+  private consumed = 0;
 
   constructor(readonly window: number) {}
 
-  /** Records `bytes` arriving; false when the peer overran the window (protocol violation). */
+  /** Records `bytes` arriving; false when the peer overran its credit (protocol violation). */
   receive(bytes: number): boolean {
-    this.outstanding += bytes;
-    return this.outstanding <= this.window;
+    this.received += bytes;
+    return this.received <= this.window + this.granted;
   }
 
   /** Records `bytes` handed on to the consumer; returns the credit to grant now (0 = wait). */
   consume(bytes: number): number {
-    this.outstanding -= bytes;
-    this.consumedUnreported += bytes;
-    if (this.consumedUnreported < this.window / 4 && this.outstanding > 0) return 0;
-    const grant = this.consumedUnreported;
-    this.consumedUnreported = 0;
-    return grant;
+    this.consumed += bytes;
+    const owed = this.consumed - this.granted;
+    // Batch small grants while more bytes are still buffered; grant at once when drained.
+    if (owed < this.window / 4 && this.consumed < this.received) return 0;
+    this.granted += owed;
+    return owed;
   }
 
   /** Bytes received and not yet handed on. */
   get buffered(): number {
-    return this.outstanding;
+    return this.received - this.consumed;
   }
 }
