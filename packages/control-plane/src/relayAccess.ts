@@ -21,6 +21,12 @@ export class RelayAccess extends SessionLifecycle {
   private readonly tunnels = new Set<string>();
   private readonly meters = new Map<string, BandwidthMeter>();
 
+  constructor(...args: ConstructorParameters<typeof SessionLifecycle>) {
+    super(...args);
+    // An ended session meters nothing more: its next recordRelayTraffic reloads it and says no.
+    this.onSessionEnded((sessionId) => this.meters.delete(sessionId));
+  }
+
   /** The live relay-mode session whose secret this is, opened from its registering IP. */
   authenticateTunnel(secret: string, ip: string): SessionRecord | RunitError {
     const found = secret ? this.sessionsDb.bySecretHash(hashSecret(secret)) : undefined;

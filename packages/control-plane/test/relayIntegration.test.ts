@@ -1,0 +1,89 @@
+import { afterAll, describe, expect, it } from "vitest";
+import { RunitError } from "@runit/protocol";
+import type { RelayFactory } from "../src/index.js";
+import { call, connectRenter, registerSession, registrationBody, rememberSecret, startTestServer, stopAll } from "./harness.js";
+
+afterAll(stopAll);
+
+describe("relay integration points", () => {
+  it("authenticateTunnel: the live relay session of a secret, from its registering IP only", async () => {
+    const server = await startTestServer();
+    const { sessionId, sessionSecret } = await registerSession(server);
+    const ok = server.sessions.authenticateTunnel(sessionSecret, "127.0.0.1");
+    expect(ok).not.toBeInstanceOf(RunitError);
+    expect((ok as { sessionId: string }).sessionId).toBe(sessionId);
+    expect((server.sessions.authenticateTunnel("nope-nope-nope-nope", "127.0.0.1") as RunitError).code).toBe("INVALID_SESSION_SECRET");
+    expect((server.sessions.authenticateTunnel(sessionSecret, "127.0.0.2") as RunitError).code).toBe("IP_MISMATCH");
+    const jupyterToken = "jupyter_token_abcdefghijklmnop";
+    rememberSecret(jupyterToken);
+    const cf = await registerSession(server, {
+      body: registrationBody({ tunnel: { kind: "cloudflared", publicUrl: "https://a.trycloudflare.com" }, jupyterToken }),
+    });
+    expect((server.sessions.authenticateTunnel(cf.sessionSecret, "127.0.0.1") as RunitError).code).toBe("TUNNEL_UNAVAILABLE");
+    server.sessions.endSession(sessionId, "OPERATOR");
+    expect((server.sessions.authenticateTunnel(sessionSecret, "127.0.0.1") as RunitError).code).toBe("SESSION_NOT_FOUND");
+  });
+
+  it("authorizeRelay: the lock holder's token from the lock holder's IP; denials are logged", async () => {
+    const server = await startTestServer();
+    const { sessionId } = await registerSession(server);
+    expect(server.sessions.authorizeRelay(sessionId, undefined, "127.0.0.1")).toMatchObject({ ok: false });
+    const token = await connectRenter(server, sessionId);
+    expect(server.sessions.authorizeRelay(sessionId, token, "127.0.0.1")).toEqual({ ok: true });
+    const wrong = server.sessions.authorizeRelay(sessionId, "x".repeat(43), "127.0.0.1");
+    expect(wrong.ok || wrong.error.code).toBe("LOCK_REQUIRED");
+    const hijack = server.sessions.authorizeRelay(sessionId, token, "127.0.0.2");
+    expect(hijack.ok || hijack.error.message).toBe("IP mismatch - access denied");
+    expect(server.events("RELAY_ACCESS_DENIED").map((e) => e.sessionId)).toEqual([sessionId, sessionId]);
+    expect(server.events("SESSION_HIJACK_ATTEMPT")).toEqual([{ sessionId, ip: "127.0.0.2", expectedIp: "127.0.0.1", role: "relay" }]);
+  });
+
+  it("recordRelayTraffic extends the lock and ends the session past the bandwidth cap", async () => {
+    const server = await startTestServer({ bandwidthCapBytes: 1000, bandwidthWindowMs: 60_000, lockTimeoutMs: 60_000, providerStaleMs: 10_000_000 });
+    const { sessionId, sessionSecret } = await registerSession(server);
+    await connectRenter(server, sessionId);
+    const ended: string[] = [];
+    server.sessions.onSessionEnded((id, reason) => ended.push(`${id}:${reason}`));
+    for (let i = 0; i < 3; i += 1) {
+      server.clock.advance(50_000);
+      expect(server.sessions.recordRelayTraffic(sessionId, 100, 100)).toBe(true);
+      expect(server.sweep().ended).toEqual([]);
+    }
+    // A new window resets the meter.
+    server.clock.advance(61_000);
+    expect(server.sessions.recordRelayTraffic(sessionId, 500, 400)).toBe(true);
+    expect(server.sessions.recordRelayTraffic(sessionId, 100, 1)).toBe(false);
+    expect(ended).toEqual([`${sessionId}:BANDWIDTH_EXCEEDED`]);
+    expect(server.events("BANDWIDTH_EXCEEDED")).toEqual([{ sessionId, reason: "BANDWIDTH_EXCEEDED", ip: "127.0.0.1", bytes: 1001, capBytes: 1000 }]);
+    expect(server.sessions.recordRelayTraffic(sessionId, 1, 1)).toBe(false);
+    const hb = await call(server.url, "POST", "/provider/heartbeat", { body: { sessionId }, headers: { authorization: `Bearer ${sessionSecret}` } });
+    expect(hb.json).toEqual({ status: "ENDED", endReason: "BANDWIDTH_EXCEEDED" });
+    const row = server.store.db.prepare("SELECT bw_bytes FROM sessions WHERE id = ?").get(sessionId);
+    expect(row).toEqual({ bw_bytes: 1001 });
+  });
+
+  it("a relay plugin is mounted at /s/:sessionId and offered upgrades; close() is awaited", async () => {
+    const seen: string[] = [];
+    let closed = false;
+    const relay: RelayFactory = (ctx) => ({
+      handleHttp: (req, res) => {
+        seen.push(`${req.method} ${req.originalUrl} ${ctx.clientIp(req)}`);
+        res.status(418).json({ relayed: req.params.sessionId ?? null });
+      },
+      handleUpgrade: (_req, socket) => {
+        socket.end("HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        return true;
+      },
+      close: async () => {
+        closed = true;
+      },
+    });
+    const server = await startTestServer({}, { relay });
+    const reply = await call(server.url, "POST", "/s/abc/api/x?y=1", { raw: "not json at all" });
+    expect(reply.status).toBe(418);
+    expect(reply.json).toEqual({ relayed: "abc" });
+    expect(seen).toEqual(["POST /s/abc/api/x?y=1 127.0.0.1"]);
+    await server.stop();
+    expect(closed).toBe(true);
+  });
+});
