@@ -44,7 +44,9 @@ stop_pid() {
 
 cleanup() {
   local status=$?
-  trap - INT TERM EXIT
+  # Whatever fails from here on (even a closed terminal), every stop below still runs.
+  set +e
+  trap - INT TERM HUP EXIT
   echo
   say "stopping..."
   stop_pid "$TAIL_PID" 2
@@ -67,6 +69,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'exit 129' HUP
+# A closed output pipe (e.g. `| tee` ended by the same Ctrl-C) must not kill us before cleanup.
+trap '' PIPE
 
 say "1/6 installing tools and dependencies"
 ./scripts/ensure-tools.sh
@@ -87,11 +92,15 @@ export PORT
 BASE="http://127.0.0.1:$PORT"
 CP=(node packages/control-plane/bin/runit-control-plane.js)
 AGENT=(node packages/agent/bin/runit-agent.js)
+# Children run in their own session so Ctrl-C reaches this script alone, which then stops the
+# agent first (it deregisters and removes its container) and the control plane after it.
+DETACH=()
+if command -v setsid >/dev/null 2>&1; then DETACH=(setsid); fi
 
 say "5/6 starting the control plane on port $PORT (database $RUNIT_DB)"
 KEY=$("${CP[@]}" keys create --name demo | tail -n 1)
 if [ -z "$KEY" ]; then say "could not create a provider key"; exit 1; fi
-"${CP[@]}" >"$LOG_DIR/control-plane.log" 2>&1 &
+"${DETACH[@]}" "${CP[@]}" >"$LOG_DIR/control-plane.log" 2>&1 &
 CP_PID=$!
 for ((i = 0; i < 300; i++)); do
   if curl -fsS "$BASE/healthz" >/dev/null 2>&1; then break; fi
@@ -104,11 +113,14 @@ curl -fsS "$BASE/healthz" >/dev/null || { say "the control plane did not answer 
 say "control plane answers at $BASE"
 
 say "6/6 starting one agent (provider key created as 'demo')"
-"${AGENT[@]}" start --server "$BASE" --key "$KEY" >"$LOG_DIR/agent.log" 2>&1 &
+# The key goes in the environment, not on the command line where `ps` would show it.
+RUNIT_PROVIDER_KEY="$KEY" "${DETACH[@]}" "${AGENT[@]}" start --server "$BASE" >"$LOG_DIR/agent.log" 2>&1 &
 AGENT_PID=$!
 say "waiting for the agent's first session (up to ${WAIT_SECONDS}s)..."
 deadline=$((SECONDS + WAIT_SECONDS))
-until curl -fsS "$BASE/renter/sessions" 2>/dev/null | grep -q '"sessionId"'; do
+# This agent's own registration, then the listing (a session of an earlier run may still be listed).
+until grep -q "session registered" "$LOG_DIR/agent.log" 2>/dev/null &&
+  curl -fsS "$BASE/renter/sessions" 2>/dev/null | grep -q '"sessionId"'; do
   if ! kill -0 "$AGENT_PID" 2>/dev/null; then
     say "the agent exited; its log:"; tail -n 30 "$LOG_DIR/agent.log"; exit 1
   fi
