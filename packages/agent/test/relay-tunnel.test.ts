@@ -121,6 +121,7 @@ describe("relay tunnel (agent side)", () => {
     await tunnel.waitConnected(3000);
     expect(cp.authHeaders).toEqual([`Bearer ${SECRET}`]);
     cp.sockets[0]?.send(open(1, `${BASE}api/status?x=1`));
+    cp.sockets[0]?.send(encodeControlFrame({ type: "end", streamId: 1 })); // no request body
     const response = await nextFrame(cp, "response");
     expect(response).toMatchObject({ streamId: 1, status: 200 });
     expect(response.headers.map(([n]) => n.toLowerCase())).not.toContain("connection");
@@ -159,6 +160,7 @@ describe("relay tunnel (agent side)", () => {
     const tunnel = await attach(cp, gone.port);
     await tunnel.waitConnected(3000);
     cp.sockets[0]?.send(open(7, `${BASE}api/status`));
+    cp.sockets[0]?.send(encodeControlFrame({ type: "end", streamId: 7 }));
     expect(await nextFrame(cp, "abort")).toMatchObject({ streamId: 7, code: "UPSTREAM_UNREACHABLE" });
   });
 
