@@ -356,6 +356,19 @@ else
   skip "relay lock checks (no session registered)"
 fi
 
+# WebSocket upgrades: the tunnel needs a session secret, the relay the lock, and a malformed
+# relay path must be refused, not crash the server.
+WS_HEADERS=(-H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13'
+  -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==')
+req - GET /agent/tunnel "${WS_HEADERS[@]}"
+expect_error 401 "" "agent tunnel upgrade without a session secret"
+req - GET /agent/tunnel "${WS_HEADERS[@]}" -H "$(auth "wrong-$(random_hex 20)")"
+expect_error 401 "" "agent tunnel upgrade with a wrong session secret"
+if [ -n "$SID" ]; then
+  req "$RENTER_IP" GET "/s/$SID/api/kernels/x/channels" "${WS_HEADERS[@]}"
+  expect_error 403 "" "relay WebSocket upgrade without the lock cookie"
+fi
+
 # ---------------------------------------------------------------------------------------------
 # 8. Hostile bodies: 400 / 413, never 500, and no stack trace
 # ---------------------------------------------------------------------------------------------
@@ -453,6 +466,18 @@ else
       fail "NOT RATE LIMITED: request $((n + used)) got $CODE, expected 429 after $LIMIT requests"
     fi
   fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 11. Last, because a defective server dies of it: a malformed relay upgrade is refused
+# ---------------------------------------------------------------------------------------------
+req - GET "/s/%zz/api/kernels/x/channels" "${WS_HEADERS[@]}"
+up="$CODE"
+req - GET /
+if [ "$CODE" = 200 ] && [ "${up:0:1}" = 4 ]; then
+  pass "malformed relay upgrade /s/%zz/... refused ($up), the server is still up"
+else
+  fail "malformed relay upgrade /s/%zz/...: expected a 4xx and a live server, got $up then GET / → $CODE (crashed?)"
 fi
 
 [ "$SKIPPED" -gt 0 ] && echo "($SKIPPED checks skipped)"
