@@ -19,8 +19,9 @@ const STATUS_TEXT: Record<DisplayStatus, string> = {
 /** The status of one row as the page shows it. */
 export function displayStatus(row: SessionRow, heldSessionId: string | undefined): DisplayStatus {
   if (row.sessionId === heldSessionId) return "yours";
-  if (row.available === false) return "away";
-  return row.status === "READY" ? "available" : "in-use";
+  if (row.status !== "READY") return "in-use";
+  // `available` is false for a READY session whose provider's tunnel or heartbeats are missing.
+  return row.available === false ? "away" : "available";
 }
 
 /** `4096` MB → `4 GB`; `1536` → `1.5 GB`; small values stay in MB. */
