@@ -20,6 +20,7 @@ interface HttpLikeError {
 
 /** Turns body-parser and router errors (which carry a status and a type) into RunitErrors. */
 function fromHttpError(err: unknown): RunitError | undefined {
+  if (err instanceof URIError) return new RunitError("INVALID_BODY", "Malformed percent-encoding in the URL");
   if (typeof err !== "object" || err === null) return undefined;
   const { type, status, statusCode } = err as HttpLikeError;
   if (type === "entity.parse.failed") return new RunitError("INVALID_JSON");

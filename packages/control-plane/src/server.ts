@@ -55,8 +55,18 @@ export async function startServer(options: StartServerOptions = {}): Promise<Run
   }
   const server = createServer(runit.app);
   server.on("upgrade", (req, socket, head) => {
-    if (runit.relay?.handleUpgrade(req, socket, head)) return;
-    socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    // A reset socket must not crash the process before (or after) someone takes it.
+    socket.on("error", () => socket.destroy());
+    let taken = false;
+    try {
+      taken = runit.relay?.handleUpgrade(req, socket, head) ?? false;
+    } catch (err) {
+      // A throwing relay refuses this one upgrade; it never takes the whole server down.
+      runit.logger.warn(`upgrade refused: ${err instanceof Error ? err.message : String(err)}`);
+      if (!socket.destroyed) socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+      return;
+    }
+    if (!taken) socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
   });
   server.on("clientError", (_err, socket) => {
     if (socket.writable) socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");

@@ -87,3 +87,23 @@ describe("relay integration points", () => {
     expect(closed).toBe(true);
   });
 });
+
+describe("the upgrade dispatcher", () => {
+  it("a relay whose handleUpgrade throws refuses that upgrade with 400 and the server keeps serving", async () => {
+    const server = await startTestServer({}, {
+      relay: () => ({
+        handleHttp: (_req, res) => void res.status(404).end(),
+        handleUpgrade: () => {
+          throw new URIError("URI malformed");
+        },
+        close: async () => undefined,
+      }),
+    });
+    const upgrade = await call(server.url, "GET", "/s/%E0%A4%A/", {
+      headers: { connection: "Upgrade", upgrade: "websocket", "sec-websocket-version": "13", "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==" },
+    });
+    expect(upgrade.status).toBe(400);
+    expect(server.err.join("")).toContain("upgrade refused: URI malformed");
+    expect((await call(server.url, "GET", "/healthz")).status).toBe(200);
+  });
+});
