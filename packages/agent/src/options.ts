@@ -74,6 +74,7 @@ export function defaultAgentName(): string {
 
 /** Fills defaults and validates. */
 export function resolveAgentOptions(o: AgentOptions): ResolvedAgentOptions {
+  if (!o.serverUrl) throw new AgentOptionError("--server is required (or set RUNIT_SERVER)");
   let url: URL;
   try {
     url = new URL(o.serverUrl);
@@ -81,7 +82,7 @@ export function resolveAgentOptions(o: AgentOptions): ResolvedAgentOptions {
     throw new AgentOptionError(`--server ${o.serverUrl} is not a URL`);
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") throw new AgentOptionError("--server must be an http:// or https:// URL");
-  if (!o.providerKey) throw new AgentOptionError("--key is required (create one with: runit-control-plane keys create --name <name>)");
+  if (!o.providerKey) throw new AgentOptionError("--key is required, or RUNIT_PROVIDER_KEY (create one with: runit-control-plane keys create --name <name>)");
   const limits: ContainerLimits = { ...DEFAULT_CONTAINER_LIMITS, ...o.limits };
   for (const [k, v] of Object.entries(limits)) {
     if (v !== undefined && (!Number.isFinite(v) || v <= 0)) throw new AgentOptionError(`container limit ${k} must be a positive number`);
