@@ -1,4 +1,4 @@
-import { asSecret } from "@runit/protocol";
+import { DEFAULT_TIMERS, asSecret } from "@runit/protocol";
 import { listAgentContainers, removeContainer } from "./docker/sessionContainer.js";
 import { readJupyterActivity } from "./jupyter/jupyterProbe.js";
 import type { AgentContext, LiveSession } from "./sessionContext.js";
@@ -73,7 +73,7 @@ async function tryAdopt(ctx: AgentContext, state: LiveSessionState): Promise<Liv
     workspaceDir: state.workspaceDir,
     tunnel,
     tunnelKind: state.tunnel,
-    heartbeatIntervalMs: ctx.options.heartbeatIntervalMs || 30_000,
+    heartbeatIntervalMs: ctx.options.heartbeatIntervalMs || DEFAULT_TIMERS.providerHeartbeatIntervalMs,
     startedAt: now,
     registeredAt: now,
     adopted: true,
