@@ -9,8 +9,9 @@ export type RouteClass = "registration" | "provider" | "renter";
 
 /**
  * A per-client-IP limiter for one route class, sending the IETF draft-8 `RateLimit` and
- * `RateLimit-Policy` headers. A limited request gets 429 with the error table's body and is
- * logged as RATE_LIMIT_EXCEEDED (the path is not logged: it may hold an access token).
+ * `RateLimit-Policy` headers. A limited request gets 429 with the error table's body; the first
+ * one per client and window is logged as RATE_LIMIT_EXCEEDED (every one is counted in metrics).
+ * The path is not logged: it may hold an access token.
  */
 export function createRateLimiter(deps: {
   routeClass: RouteClass;
@@ -19,6 +20,8 @@ export function createRateLimiter(deps: {
   securityLog: SecurityLog;
   onLimited?: (routeClass: RouteClass) => void;
 }): RequestHandler {
+  // One RATE_LIMIT_EXCEEDED per client and window: a flood of 429s must not flood the audit table.
+  const loggedWindows = new Map<string, number>();
   return rateLimit({
     windowMs: deps.setting.windowMs,
     limit: deps.setting.max,
@@ -31,9 +34,14 @@ export function createRateLimiter(deps: {
     validate: false,
     handler: (req, res) => {
       const ip = deps.clientIp(req as Request);
-      deps.securityLog("RATE_LIMIT_EXCEEDED", { ip, routeClass: deps.routeClass, method: req.method });
-      deps.onLimited?.(deps.routeClass);
       const resetTime = (req as Request & { rateLimit?: { resetTime?: Date } }).rateLimit?.resetTime;
+      const windowEnd = resetTime?.getTime() ?? 0;
+      if (loggedWindows.get(ip) !== windowEnd) {
+        if (loggedWindows.size >= 10_000) loggedWindows.clear();
+        loggedWindows.set(ip, windowEnd);
+        deps.securityLog("RATE_LIMIT_EXCEEDED", { ip, routeClass: deps.routeClass, method: req.method });
+      }
+      deps.onLimited?.(deps.routeClass);
       const retryAfterSeconds = resetTime ? Math.max(1, Math.ceil((resetTime.getTime() - Date.now()) / 1000)) : undefined;
       const body = new RunitError("RATE_LIMITED").toBody();
       if (retryAfterSeconds !== undefined) {
