@@ -103,11 +103,14 @@ describe("docker inspect of a session container (CIS 5.x)", () => {
   it("carries the session labels", () => {
     expect(inspect.Config.Labels).toMatchObject({ "runit.managed": "true", "runit.session": sessionId, "runit.agent": id.agentName });
   });
-  it("never shows the Jupyter token: not in Env, Args, Cmd, Entrypoint, nor the process list", async () => {
+  it("never shows the Jupyter token: not in Env, Args, Cmd, Entrypoint, the process list nor docker logs", async () => {
     expect(JSON.stringify(inspect)).not.toContain(token);
     expect(JSON.stringify(inspect.Config.Env)).not.toMatch(/token/i);
     const top = await docker.getContainer(running.id).top({ ps_args: "-eo pid,args" });
     expect(JSON.stringify(top)).not.toContain(token);
+    const logs = (await docker.getContainer(running.id).logs({ stdout: true, stderr: true })).toString("utf8");
+    expect(logs).toContain("?token=...");
+    expect(logs).not.toContain(token);
     expect(lines.join("")).toBe("[docker] Running as: jupyteruser\n");
   });
 });
