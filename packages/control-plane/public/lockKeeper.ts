@@ -8,8 +8,11 @@ import { ApiError, RENTER_HEARTBEAT_INTERVAL_MS, heartbeat } from "./renterApi.j
 export interface LockKeeperEvents {
   /** A heartbeat was accepted; the lock now lasts until `lockExpiresAt` (ms epoch). */
   onAlive(lockExpiresAt: number): void;
-  /** The lock is gone for good (released, timed out, refused): stop using it. */
-  onLost(error: ApiError): void;
+  /**
+   * The lock is gone for good (released, timed out, refused): stop using it. `lockExpiresAt` is
+   * when the last accepted heartbeat said it would lapse: a lock lost before then did not lapse.
+   */
+  onLost(error: ApiError, lockExpiresAt: number): void;
   /** A heartbeat failed but the lock may still stand (network, 429); the keeper retries. */
   onTrouble(error: ApiError): void;
 }
@@ -79,7 +82,7 @@ export class LockKeeper {
         return;
       }
       this.stop();
-      this.events.onLost(error);
+      this.events.onLost(error, this.lockExpiresAt);
     }
   }
 }

@@ -35,7 +35,8 @@ export function explain(error: ApiError): string {
       return "Your session has ended (Invalid or expired token): the lock was released. Connect again to start a fresh session.";
     case "rate-limited": {
       const wait = error.retryAfterSeconds;
-      const when = wait === undefined ? "in a little while" : `in ${wait} second${wait === 1 ? "" : "s"}`;
+      const at = wait === undefined ? "" : new Date(Date.now() + wait * 1000).toLocaleTimeString();
+      const when = wait === undefined ? "in a little while" : `in ${wait} second${wait === 1 ? "" : "s"} (at ${at})`;
       return `Too many requests from your address. Please try again ${when}.`;
     }
     case "network":
@@ -44,6 +45,9 @@ export function explain(error: ApiError): string {
       return `Something went wrong: ${error.message}`;
   }
 }
+
+const PROVIDER_ENDED =
+  "The provider went away: your session has ended. Pick another session; the list refreshes by itself.";
 
 function asApiError(err: unknown): ApiError {
   return err instanceof ApiError ? err : new ApiError("other", 0, String(err));
@@ -93,7 +97,7 @@ class RenterPage {
   start(): void {
     this.releaseButton.addEventListener("click", () => void this.releaseHeld());
     const restored = loadLock();
-    if (restored) this.hold(restored, Date.now() + 5_000, 0);
+    if (restored) this.hold(restored, 0, 0);
     void this.poll();
   }
 
@@ -103,7 +107,7 @@ class RenterPage {
     try {
       this.rows = await listSessions();
       this.refreshState.textContent = `Updated ${new Date().toLocaleTimeString()} · refreshes every ${POLL_INTERVAL_MS / 1000} s`;
-      if (this.alert.dataset.source === "poll") this.showError(undefined);
+      if (this.alert.dataset.source === "poll" || this.inUseAlertIsStale()) this.showError(undefined);
       this.checkHeldStillListed();
       this.render();
     } catch (err) {
@@ -122,12 +126,20 @@ class RenterPage {
     if (!row || row.status === "ENDED") this.keeper?.beatNow();
   }
 
+  /** "Session already in use" about a session that has since ended or become free again. */
+  private inUseAlertIsStale(): boolean {
+    const id = this.alert.dataset.sessionId;
+    if (!id) return false;
+    const row = this.rows.find((r) => r.sessionId === id);
+    return !row || row.status === "READY";
+  }
+
   private render(): void {
     this.list.update(this.rows, this.held?.sessionId, this.busy);
     this.lockPanel.hidden = this.held === undefined;
     if (!this.held) return;
     const row = this.rows.find((r) => r.sessionId === this.held?.sessionId);
-    const hardware = row ? ` · ${row.hardware.cpus} CPUs` : "";
+    const hardware = row ? ` · ${row.hardware.cpus} CPU${row.hardware.cpus === 1 ? "" : "s"}` : "";
     this.lockSummary.textContent = `Session ${this.held.sessionId.slice(0, 8)}${hardware}`;
     this.openJupyter.href = this.held.accessUrl;
     this.releaseButton.disabled = this.busy;
@@ -158,7 +170,9 @@ class RenterPage {
       .catch((err: unknown) => {
         tab?.close();
         this.showNotice("");
-        this.showError(explain(asApiError(err)));
+        const error = asApiError(err);
+        this.showError(explain(error));
+        if (error.kind === "in-use") this.alert.dataset.sessionId = sessionId;
       })
       .finally(() => {
         this.busy = false;
@@ -179,9 +193,12 @@ class RenterPage {
           if (this.alert.dataset.source === "heartbeat") this.showError(undefined);
         },
         onTrouble: (error) => this.showError(`Could not renew your lock: ${explain(error)}`, "heartbeat"),
-        onLost: (error) => {
+        onLost: (error, lockExpiresAt) => {
           this.drop();
-          this.showError(explain(error));
+          // The server forgot a token whose lock had not lapsed yet: the session was ended for
+          // us — its provider went away (or stopped it).
+          const ended = error.kind === "lock-lost" && Date.now() < lockExpiresAt - 500;
+          this.showError(ended ? PROVIDER_ENDED : explain(error));
           this.render();
         },
       },
@@ -193,6 +210,7 @@ class RenterPage {
   }
 
   private drop(): void {
+    this.showNotice("");
     this.keeper?.stop();
     this.keeper = undefined;
     this.held = undefined;
@@ -231,6 +249,7 @@ class RenterPage {
     this.alert.hidden = text === undefined;
     this.alert.textContent = text ?? "";
     this.alert.dataset.source = text === undefined ? "" : source;
+    delete this.alert.dataset.sessionId;
   }
 
   private showNotice(text: string): void {
