@@ -84,6 +84,12 @@ describe("runit-agent against a real control plane", () => {
     expect(log()).toContain(`[agent] heartbeat updated for: ${s.sessionId}`);
     const status = await fetch(`${cp.url}/renter/sessions`).then((r) => r.json() as Promise<Array<{ available?: boolean }>>);
     expect(status[0]?.available).toBe(true);
+    // The stats the control plane stored from the last heartbeat: the container's network bytes and Jupyter's last activity.
+    const row = cp.server.store.db.prepare("SELECT stats FROM sessions WHERE id = ?").get(s.sessionId) as { stats: string };
+    const stats = JSON.parse(row.stats) as { rxBytes: number; txBytes: number; lastActivity: string };
+    expect(stats.rxBytes).toBeGreaterThan(0);
+    expect(stats.txBytes).toBeGreaterThanOrEqual(0);
+    expect(Date.parse(stats.lastActivity)).toBeGreaterThan(Date.now() - 60_000);
   });
 
   it("keeps a session with Jupyter activity past the idle timeout, and says so", async () => {
