@@ -157,6 +157,8 @@ describe("the renter page in a real browser", () => {
     // Only the renter page is open (no Jupyter traffic): its heartbeats alone hold the lock.
     await pageA.waitForTimeout(TIMERS.lockTimeoutMs + 2_000);
     expect((await listSessions(stack.cp.url)).find((s) => s.sessionId === second)?.status).toBe("LOCKED");
+    // Time is kept in a worker, which Chrome does not throttle like a hidden tab's timers.
+    expect(pageA.workers().map((w) => w.url())).toContain(`${stack.cp.url}/renter/assets/timerWorker.js`);
 
     await renterA.close();
     const closed = Date.now();

@@ -2,6 +2,7 @@
 // follows the server's lockExpiresAt (a third of the time left, at most the protocol's interval),
 // so a control plane with short timers (tests) is kept alive as well as one with the defaults.
 
+import { createHeartbeatTimer, type HeartbeatTimer } from "./heartbeatTimer.js";
 import { ApiError, RENTER_HEARTBEAT_INTERVAL_MS, heartbeat } from "./renterApi.js";
 
 /** What the keeper reports to the page. */
@@ -27,7 +28,8 @@ export function nextHeartbeatDelay(lockExpiresAt: number, now: number): number {
 
 /** One lock's heartbeat loop; `stop()` ends it. */
 export class LockKeeper {
-  private timer: number | undefined;
+  private readonly timer: HeartbeatTimer = createHeartbeatTimer();
+  private scheduled = false;
   private stopped = false;
   private lockExpiresAt: number;
 
@@ -46,26 +48,26 @@ export class LockKeeper {
 
   /** Sends a heartbeat now (e.g. the session left the list), unless one is in flight. */
   beatNow(): void {
-    if (this.stopped || this.timer === undefined) return;
-    window.clearTimeout(this.timer);
-    this.timer = undefined;
+    if (this.stopped || !this.scheduled) return;
+    this.timer.clear();
     void this.beat();
   }
 
   /** Ends the loop; no event fires after this. */
   stop(): void {
     this.stopped = true;
-    if (this.timer !== undefined) window.clearTimeout(this.timer);
-    this.timer = undefined;
+    this.scheduled = false;
+    this.timer.close();
   }
 
   private schedule(delayMs: number): void {
     if (this.stopped) return;
-    this.timer = window.setTimeout(() => void this.beat(), delayMs);
+    this.scheduled = true;
+    this.timer.set(delayMs, () => void this.beat());
   }
 
   private async beat(): Promise<void> {
-    this.timer = undefined;
+    this.scheduled = false;
     try {
       this.lockExpiresAt = await heartbeat(this.accessToken);
       if (this.stopped) return;
