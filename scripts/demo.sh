@@ -6,6 +6,7 @@
 #
 # Environment: PORT (default 10000, or a free port when it is taken), RUNIT_DB (default
 # ./data/demo.db), DEMO_WAIT_SECONDS (how long to wait for the first session, default 300).
+# Session workspaces go to ./data/workspace, logs to ./data/logs (data/ is gitignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -49,10 +50,11 @@ cleanup() {
   trap - INT TERM HUP EXIT
   echo
   say "stopping..."
-  stop_pid "$TAIL_PID" 2
   # The agent first: on SIGTERM it removes its containers and deregisters its session.
   stop_pid "$AGENT_PID" 60
   stop_pid "$CP_PID" 20
+  sleep 0.5 # let the log follower print their last lines
+  stop_pid "$TAIL_PID" 2
   if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     local left
     left=$(docker ps -aq --filter label=runit.managed=true)
@@ -114,7 +116,8 @@ say "control plane answers at $BASE"
 
 say "6/6 starting one agent (provider key created as 'demo')"
 # The key goes in the environment, not on the command line where `ps` would show it.
-RUNIT_PROVIDER_KEY="$KEY" "${DETACH[@]}" "${AGENT[@]}" start --server "$BASE" >"$LOG_DIR/agent.log" 2>&1 &
+RUNIT_PROVIDER_KEY="$KEY" "${DETACH[@]}" "${AGENT[@]}" start --server "$BASE" \
+  --workspace-root "$DATA_DIR/workspace" >"$LOG_DIR/agent.log" 2>&1 &
 AGENT_PID=$!
 say "waiting for the agent's first session (up to ${WAIT_SECONDS}s)..."
 deadline=$((SECONDS + WAIT_SECONDS))
@@ -142,7 +145,7 @@ cat <<EOF
   session and the agent offers a fresh one. Press Ctrl-C to stop everything.
 
 EOF
-tail -n 0 -f "$LOG_DIR/control-plane.log" "$LOG_DIR/agent.log" &
+tail -n 3 -f "$LOG_DIR/control-plane.log" "$LOG_DIR/agent.log" &
 TAIL_PID=$!
 # Wait until Ctrl-C, or until the control plane or the agent dies.
 while kill -0 "$CP_PID" 2>/dev/null && kill -0 "$AGENT_PID" 2>/dev/null; do
