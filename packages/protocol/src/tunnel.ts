@@ -21,7 +21,7 @@ export const DATA_FRAME_HEADER_BYTES = 5;
 /** Largest payload of one data frame; bigger chunks are split. */
 export const MAX_DATA_FRAME_PAYLOAD = 64 * 1024;
 /** Default receive window of one stream, in bytes. */
-export const DEFAULT_STREAM_WINDOW_BYTES = 512 * 1024;
+export const DEFAULT_STREAM_WINDOW_BYTES = 1024 * 1024;
 /** Most streams one tunnel carries at once; more are refused with TOO_MANY_STREAMS. */
 export const MAX_STREAMS_PER_TUNNEL = 512;
 /** Largest JSON control frame accepted (headers included). */
@@ -152,17 +152,27 @@ export type DecodeResult =
   | { ok: true; frame: TunnelFrame }
   | { ok: false; code: TunnelErrorCode; message: string; streamId?: number };
 
-/** Serializes a control frame (validated first, so a bug on our side never reaches the wire). */
+/**
+ * Serializes a control frame. Not re-validated here (the type already constrains it, and this is
+ * on the per-request path); every frame IS validated on arrival by `decodeTunnelFrame`.
+ */
 export function encodeControlFrame(frame: TunnelControlFrame): string {
-  return JSON.stringify(TunnelControlFrameSchema.parse(frame));
+  return JSON.stringify(frame);
 }
 
-/** Builds one binary data frame. Callers split payloads larger than MAX_DATA_FRAME_PAYLOAD. */
-export function encodeDataFrame(streamId: number, payload: Uint8Array): Uint8Array {
+/**
+ * Builds one binary data frame. Callers split payloads larger than MAX_DATA_FRAME_PAYLOAD.
+ * `alloc` lets Node callers skip zero-filling (Buffer.allocUnsafe): every byte is overwritten.
+ */
+export function encodeDataFrame(
+  streamId: number,
+  payload: Uint8Array,
+  alloc: (size: number) => Uint8Array = (size) => new Uint8Array(size),
+): Uint8Array {
   if (payload.byteLength > MAX_DATA_FRAME_PAYLOAD) throw new RangeError("data frame payload too large");
-  const frame = new Uint8Array(DATA_FRAME_HEADER_BYTES + payload.byteLength);
+  const frame = alloc(DATA_FRAME_HEADER_BYTES + payload.byteLength);
   frame[0] = DATA_FRAME_KIND;
-  new DataView(frame.buffer).setUint32(1, streamId, false);
+  new DataView(frame.buffer, frame.byteOffset, frame.byteLength).setUint32(1, streamId, false);
   frame.set(payload, DATA_FRAME_HEADER_BYTES);
   return frame;
 }

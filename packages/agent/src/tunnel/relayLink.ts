@@ -1,6 +1,7 @@
 // The stream multiplexer of one relay tunnel WebSocket. The control plane keeps an identical copy
 // in packages/control-plane/src/relay/tunnelLink.ts: @runit/protocol holds the wire format and the credit
 // arithmetic but no I/O, and the two packages may not import each other.
+import type { Socket } from "node:net";
 import type { Readable, Writable } from "node:stream";
 import type { WebSocket } from "ws";
 import {
@@ -191,10 +192,16 @@ export class TunnelLink {
   private readonly streams = new Map<number, TunnelStream>();
   private nextId = 1;
   private dead = false;
+  private corked = false;
 
+  /**
+   * `socket` is the WebSocket's TCP socket: frames produced in one event-loop iteration (open +
+   * end, response + data + end) are corked into one write instead of one segment each.
+   */
   constructor(
     private readonly ws: WebSocket,
     private readonly handlers: TunnelLinkHandlers,
+    private readonly socket?: Socket,
   ) {
     ws.on("message", (data: Buffer, isBinary: boolean) => this.onMessage(isBinary ? data : data.toString("utf8")));
     ws.on("close", () => this.abortAll("TUNNEL_CLOSED", "tunnel closed"));
@@ -222,12 +229,28 @@ export class TunnelLink {
 
   /** Sends a control frame (dropped once the WebSocket is gone). */
   send(frame: TunnelControlFrame): void {
-    if (this.isOpen) this.ws.send(encodeControlFrame(frame));
+    if (!this.isOpen) return;
+    this.corkForThisTick();
+    this.ws.send(encodeControlFrame(frame));
   }
 
   /** Sends one data frame. */
   sendData(streamId: number, payload: Uint8Array): void {
-    if (this.isOpen) this.ws.send(encodeDataFrame(streamId, payload), { binary: true });
+    if (!this.isOpen) return;
+    this.corkForThisTick();
+    this.ws.send(encodeDataFrame(streamId, payload, Buffer.allocUnsafe), { binary: true });
+  }
+
+  private corkForThisTick(): void {
+    const socket = this.socket;
+    if (this.corked || !socket) return;
+    this.corked = true;
+    socket.cork();
+    // setImmediate: everything this loop iteration produces (all I/O callbacks) goes in one write.
+    setImmediate(() => {
+      this.corked = false;
+      socket.uncork();
+    });
   }
 
   /** Aborts every stream without telling the peer (the tunnel is gone or going). */

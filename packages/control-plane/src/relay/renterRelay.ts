@@ -109,7 +109,6 @@ export class RenterRelay {
       res.statusCode = frame.status;
       if (frame.statusMessage) res.statusMessage = frame.statusMessage;
       for (const [name, value] of responseHeadersForRenter(frame.headers, frame.status)) res.appendHeader(name, value);
-      res.flushHeaders();
       stream.attachSink(res);
     });
     stream.attachSource(req);

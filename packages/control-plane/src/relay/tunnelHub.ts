@@ -1,4 +1,5 @@
 import type { IncomingMessage } from "node:http";
+import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { WebSocketServer, type WebSocket } from "ws";
 import {
@@ -72,7 +73,7 @@ export class TunnelHub {
       return writeRawError(socket, found.status, found.toBody());
     }
     const { sessionId } = found;
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.register(sessionId, ws));
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.register(sessionId, ws, socket as Socket));
   }
 
   /** Ends a session's tunnel and streams (session ended, cap reached). */
@@ -99,7 +100,7 @@ export class TunnelHub {
     await new Promise<void>((resolve) => this.wss.close(() => resolve()));
   }
 
-  private register(sessionId: string, ws: WebSocket): void {
+  private register(sessionId: string, ws: WebSocket, socket: Socket): void {
     const previous = this.tunnels.get(sessionId);
     if (previous) {
       this.tunnels.delete(sessionId);
@@ -110,7 +111,7 @@ export class TunnelHub {
       alive: true,
       link: new TunnelLink(ws, {
         onPeerError: (code, message) => this.ctx.logger.warn(`[relay] agent of ${sessionId} refused a frame: ${code} ${message}`),
-      }),
+      }, socket),
     };
     this.tunnels.set(sessionId, tunnel);
     ws.on("pong", () => (tunnel.alive = true));

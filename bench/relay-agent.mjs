@@ -1,0 +1,17 @@
+// The agent's relay tunnel on its own, in its own process, for the benchmark: attaches to a
+// control plane and a Jupyter given in the environment (never argv, so no secret shows in ps).
+import { createRelayTunnel } from "@runit/agent";
+
+const env = process.env;
+const tunnel = createRelayTunnel({ logger: { info: () => undefined, error: (l) => process.stderr.write(`${l}\n`) } });
+await tunnel.attach({
+  serverUrl: env.BENCH_SERVER_URL,
+  sessionId: env.BENCH_SESSION_ID,
+  sessionSecret: env.BENCH_SESSION_SECRET,
+  jupyterPort: Number(env.BENCH_JUPYTER_PORT),
+  jupyterToken: env.BENCH_JUPYTER_TOKEN,
+  basePath: `/s/${env.BENCH_SESSION_ID}/`,
+});
+await tunnel.waitConnected(10_000);
+process.stdout.write("relay tunnel connected\n");
+process.on("SIGTERM", () => void tunnel.close().then(() => process.exit(0)));

@@ -1,0 +1,224 @@
+// Benchmark (not a timed test): the relay's two hops (control plane → agent tunnel → Jupyter)
+// against going straight to Jupyter's port and against configurable-http-proxy (one hop), on the
+// same machine in the same run. Small requests (GET api/status) and 1 MiB bodies (GET files/),
+// latency at concurrency 1 and throughput at higher concurrency. Prints figures and ratios.
+// Run: ./scripts/bench.sh   (BENCH_SECONDS=3 per measurement by default)
+import { execFileSync, spawn } from "node:child_process";
+import { randomBytes, randomUUID } from "node:crypto";
+import { chownSync, chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { Agent, request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+const root = new URL("..", import.meta.url).pathname;
+const children = [];
+const cleanups = [];
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** One GET over a keep-alive agent; resolves with the body length. */
+function get(agent, port, path, headers) {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: "127.0.0.1", port, path, headers, agent }, (res) => {
+      let n = 0;
+      res.on("data", (c) => (n += c.length));
+      res.on("end", () => (res.statusCode === 200 ? resolve(n) : reject(new Error(`HTTP ${res.statusCode} for ${path}`))));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+function call(port, method, path, headers = {}, body) {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: "127.0.0.1", port, path, method, headers, agent: false }, (res) => {
+      const chunks = [];
+      res.on("data", (c) => chunks.push(c));
+      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks).toString() }));
+    });
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+/** Runs `concurrency` workers for SECONDS (and at most 200,000 requests); latency percentiles and rates. */
+async function measure(target, path, concurrency) {
+  const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
+  for (let i = 0; i < Math.max(3, concurrency); i++) await get(agent, target.port, path, target.headers); // warm-up
+  const latencies = [];
+  let bytes = 0;
+  const deadline = performance.now() + SECONDS * 1000;
+  const worker = async () => {
+    while (performance.now() < deadline && latencies.length < 200_000) {
+      const t0 = performance.now();
+      const n = await get(agent, target.port, path, target.headers);
+      bytes += n;
+      latencies.push(performance.now() - t0);
+    }
+  };
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const elapsed = (performance.now() - t0) / 1000;
+  agent.destroy();
+  latencies.sort((a, b) => a - b);
+  const pct = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
+  return { requests: latencies.length, rps: latencies.length / elapsed, mibps: bytes / elapsed / 1048576, p50: pct(0.5), p99: pct(0.99) };
+}
+
+async function waitHttp(port, path, headers, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      if ((await call(port, "GET", path, headers)).status === 200) return;
+    } catch {
+      // not yet listening
+    }
+    await sleep(200);
+  }
+  throw new Error(`nothing answered 200 on 127.0.0.1:${port}${path}`);
+}
+
+function spawnChild(cmd, args, env = {}) {
+  // BENCH_PROFILE=<dir>: CPU profiles of the relay's processes (control plane and agent).
+  if (process.env.BENCH_PROFILE && cmd === "node" && !args[0].endsWith("plain-target.mjs")) args = [`--cpu-prof`, `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, ...args];
+  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "inherit"] });
+  children.push(child);
+  let out = "";
+  child.stdout.on("data", (d) => (out += d));
+  return { child, output: () => out };
+}
+
+async function waitOutput(proc, pattern, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const m = pattern.exec(proc.output());
+    if (m) return m;
+    await sleep(50);
+  }
+  throw new Error(`no ${pattern} in output`);
+}
+
+async function startJupyter(sessionId, token) {
+  const name = `runit-bench-${sessionId.slice(0, 8)}`;
+  const workspace = mkdtempSync(join(tmpdir(), "runit-bench-ws-"));
+  chownSync(workspace, 1000, 1000);
+  chmodSync(workspace, 0o700);
+  const file = join(workspace, "1mib.bin");
+  writeFileSync(file, randomBytes(1024 * 1024), { mode: 0o644 });
+  chownSync(file, 1000, 1000);
+  const docker = spawn("docker", [
+    "run", "--rm", "-i", "--name", name, "--read-only",
+    "--tmpfs", "/tmp:rw,noexec,nosuid,size=64m", "--tmpfs", "/home/jupyteruser:rw,nosuid,size=64m,uid=1000,gid=1000,mode=0700",
+    "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "1000:1000",
+    "-p", "127.0.0.1::8888", "-v", `${workspace}:/workspace`, "runit-jupyter:latest",
+  ], { stdio: ["pipe", "ignore", "ignore"] });
+  docker.stdin.end(`${JSON.stringify({ token, baseUrl: `/s/${sessionId}/`, allowOrigin: "" })}\n`);
+  cleanups.push(() => {
+    try {
+      execFileSync("docker", ["rm", "-f", name], { stdio: "ignore" });
+    } catch {
+      // already gone
+    }
+    rmSync(workspace, { recursive: true, force: true });
+  });
+  let port = 0;
+  for (let i = 0; i < 200 && !port; i++) {
+    try {
+      port = Number(/127\.0\.0\.1:(\d+)/.exec(execFileSync("docker", ["port", name, "8888/tcp"]).toString())?.[1] ?? 0);
+    } catch {
+      await sleep(250);
+    }
+  }
+  if (!port) throw new Error("the Jupyter container published no port");
+  await waitHttp(port, `/s/${sessionId}/api/status`, { Authorization: `token ${token}` }, 60_000);
+  return port;
+}
+
+async function startPlainTarget(sessionId) {
+  const target = spawnChild("node", [join(root, "bench/plain-target.mjs")], { BENCH_BASE: `/s/${sessionId}/` });
+  return Number((await waitOutput(target, /listening on (\d+)/, 10_000))[1]);
+}
+
+async function main() {
+  const sessionId = randomUUID();
+  const jupyterToken = randomBytes(24).toString("hex");
+  const plain = process.env.BENCH_TARGET === "plain";
+  const jupyterPort = plain ? await startPlainTarget(sessionId) : await startJupyter(sessionId, jupyterToken);
+  const base = `/s/${sessionId}/`;
+  const jupyterAuth = { Authorization: `token ${jupyterToken}` };
+
+  // The control plane (its CLI, relay on) in its own process, on a fresh database.
+  const dir = mkdtempSync(join(tmpdir(), "runit-bench-cp-"));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  const cpBin = join(root, "packages/control-plane/bin/runit-control-plane.js");
+  const db = join(dir, "runit.db");
+  const keyOut = execFileSync("node", [cpBin, "keys", "create", "--name", "bench", "--db", db]).toString().trim().split("\n");
+  const providerKey = keyOut[keyOut.length - 1];
+  const cp = spawnChild("node", [cpBin, "--port", "0", "--db", db], { RUNIT_BANDWIDTH_CAP_BYTES: String(2 ** 50) });
+  const cpPort = Number((await waitOutput(cp, /listening on port (\d+)/, 20_000))[1]);
+  const reg = await call(cpPort, "POST", "/provider/session", { Authorization: `Bearer ${providerKey}`, "Content-Type": "application/json" },
+    JSON.stringify({ sessionId, tunnel: { kind: "relay" }, hardware: { cpus: 2, memoryMb: 1024, gpus: [] }, pricing: { hourlyUsd: 0 } }));
+  if (reg.status !== 201) throw new Error(`registration: ${reg.status} ${reg.body}`);
+  const { sessionSecret } = JSON.parse(reg.body);
+
+  // The agent's relay tunnel in its own process.
+  const agent = spawnChild("node", [join(root, "bench/relay-agent.mjs")], {
+    BENCH_SERVER_URL: `http://127.0.0.1:${cpPort}`, BENCH_SESSION_ID: sessionId, BENCH_SESSION_SECRET: sessionSecret,
+    BENCH_JUPYTER_PORT: String(jupyterPort), BENCH_JUPYTER_TOKEN: jupyterToken,
+  });
+  await waitOutput(agent, /relay tunnel connected/, 20_000);
+  const connect = await call(cpPort, "POST", `/renter/sessions/${sessionId}/connect`);
+  if (connect.status !== 201) throw new Error(`connect: ${connect.status} ${connect.body}`);
+  const access = await call(cpPort, "GET", `/access/${JSON.parse(connect.body).accessToken}`);
+  const cookie = String(access.headers["set-cookie"]?.[0] ?? "").split(";")[0];
+
+  // configurable-http-proxy 4.6.3, one hop, default target = Jupyter.
+  const chpPort = 20000 + Math.floor(Math.random() * 20000);
+  spawnChild(join(root, "node_modules/.bin/configurable-http-proxy"), [
+    "--ip", "127.0.0.1", "--port", String(chpPort), "--api-ip", "127.0.0.1", "--api-port", String(chpPort + 1),
+    "--default-target", `http://127.0.0.1:${jupyterPort}`, "--log-level", "error",
+  ], { CONFIGPROXY_AUTH_TOKEN: randomBytes(16).toString("hex") });
+  await waitHttp(chpPort, `${base}api/status`, jupyterAuth, 20_000);
+
+  const targets = [
+    { name: "direct", port: jupyterPort, headers: jupyterAuth },
+    { name: "chp", port: chpPort, headers: jupyterAuth },
+    { name: "relay", port: cpPort, headers: { Cookie: cookie } },
+  ];
+  await waitHttp(cpPort, `${base}api/status`, { Cookie: cookie }, 10_000);
+  const scenarios = [
+    { name: "small, c=1", path: `${base}api/status`, concurrency: 1 },
+    { name: "small, c=16", path: `${base}api/status`, concurrency: 16 },
+    { name: "1 MiB, c=1", path: `${base}files/1mib.bin`, concurrency: 1 },
+    { name: "1 MiB, c=4", path: `${base}files/1mib.bin`, concurrency: 4 },
+  ];
+  const results = [];
+  const targetName = plain ? "a plain Node HTTP server (BENCH_TARGET=plain)" : "Jupyter in runit-jupyter";
+  console.log(`relay benchmark: ${SECONDS} s per measurement, node ${process.version}, target ${targetName}, all on 127.0.0.1`);
+  for (const scenario of scenarios) {
+    const row = { scenario: scenario.name };
+    for (const target of targets) row[target.name] = await measure(target, scenario.path, scenario.concurrency);
+    results.push(row);
+    const fmt = (r) => `${r.rps.toFixed(0).padStart(6)} req/s ${r.mibps.toFixed(1).padStart(7)} MiB/s p50 ${r.p50.toFixed(2).padStart(7)} ms p99 ${r.p99.toFixed(2).padStart(7)} ms`;
+    console.log(`\n${scenario.name}`);
+    for (const target of targets) console.log(`  ${target.name.padEnd(7)}${fmt(row[target.name])}`);
+    console.log(
+      `  ratios: relay/chp throughput ${(row.relay.rps / row.chp.rps).toFixed(2)}, relay/direct throughput ${(row.relay.rps / row.direct.rps).toFixed(2)}, ` +
+        `relay/chp p50 latency ${(row.relay.p50 / row.chp.p50).toFixed(2)}`,
+    );
+  }
+  const verdict = results.every((r) => r.relay.rps >= r.chp.rps * 0.95) ? "MET" : "NOT MET";
+  console.log(`\ntarget (relay's two hops at least match CHP's one, throughput within 5%): ${verdict}`);
+  console.log(`JSON ${JSON.stringify(results.map((r) => ({ scenario: r.scenario, ...Object.fromEntries(targets.map((t) => [t.name, { rps: +r[t.name].rps.toFixed(1), mibps: +r[t.name].mibps.toFixed(2), p50: +r[t.name].p50.toFixed(3), p99: +r[t.name].p99.toFixed(3) }])) })))}`);
+}
+
+try {
+  await main();
+} finally {
+  for (const child of children) child.kill("SIGTERM");
+  for (const cleanup of cleanups) cleanup();
+}
