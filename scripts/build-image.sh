@@ -5,6 +5,7 @@
 # from Debian packages with mmdebstrap (about a minute) and imported as runit-base:bookworm.
 #   RUNIT_BASE_IMAGE=debian:bookworm-slim ./scripts/build-image.sh   # use a registry base instead
 #   RUNIT_IMAGE=runit-jupyter:dev ./scripts/build-image.sh            # another tag
+#   RUNIT_BASE_IMAGE=runit-base:<tag>: built with mmdebstrap when absent, like the default
 #   ./scripts/build-image.sh --force                                  # rebuild regardless
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,9 @@ if [ "$FORCE" = 0 ] && [ "$current" = "$hash" ]; then
 fi
 if [ -z "$current" ]; then log "$IMAGE is missing: building it"; else log "$IMAGE is out of date ($current → $hash): rebuilding"; fi
 
+# Builds a base from Debian packages and imports it as $1 (a runit-base:* tag).
 build_base_with_mmdebstrap() {
+  local tag="$1"
   local tar="$CACHE_DIR/runit-base-bookworm.tar"
   if ! command -v mmdebstrap >/dev/null 2>&1; then
     [ "$(id -u)" = 0 ] || die "mmdebstrap is missing and this script is not root: apt-get install mmdebstrap, or set RUNIT_BASE_IMAGE"
@@ -44,18 +47,18 @@ build_base_with_mmdebstrap() {
     log "building a Debian bookworm root filesystem with mmdebstrap (about a minute)..."
     local tmp="$tar.partial"
     rm -f "$tmp"
-    mmdebstrap --variant=apt --include=python3-notebook,tini bookworm "$tmp"
+    mmdebstrap --variant=apt --format=tar --include=python3-notebook,tini bookworm "$tmp"
     mv "$tmp" "$tar"
   else
     log "using the cached root filesystem $tar"
   fi
-  log "importing $tar as $DEFAULT_BASE..."
-  docker import "$tar" "$DEFAULT_BASE" >/dev/null
+  log "importing $tar as $tag..."
+  docker import "$tar" "$tag" >/dev/null
 }
 
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
-  if [ "$BASE" = "$DEFAULT_BASE" ]; then
-    build_base_with_mmdebstrap
+  if [[ "$BASE" == runit-base:* ]]; then
+    build_base_with_mmdebstrap "$BASE"
   else
     log "pulling $BASE..."
     docker pull "$BASE" || die "cannot pull $BASE (no registry reachable?); unset RUNIT_BASE_IMAGE to build the base from Debian packages"
