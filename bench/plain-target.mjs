@@ -1,4 +1,4 @@
-/* global process, console, performance, setTimeout, Buffer, URL */
+/* global process */
 // A plain Node HTTP server standing in for Jupyter (BENCH_TARGET=plain): isolates the cost of the
 // proxies from Jupyter's own. Serves `<base>api/status` (small JSON) and `<base>files/1mib.bin`.
 import { randomBytes } from "node:crypto";

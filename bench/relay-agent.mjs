@@ -1,4 +1,4 @@
-/* global process, console, performance, setTimeout, Buffer, URL */
+/* global process */
 // The agent's relay tunnel on its own, in its own process, for the benchmark: attaches to a
 // control plane and a Jupyter given in the environment (never argv, so no secret shows in ps).
 import { createRelayTunnel } from "@runit/agent";
