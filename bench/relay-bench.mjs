@@ -1,4 +1,4 @@
-/* global process, console, performance, setTimeout */
+/* global process, console, performance, setTimeout, Buffer, URL */
 // Benchmark (not a timed test): the relay's two hops (control plane → agent tunnel → Jupyter)
 // against going straight to Jupyter's port and against configurable-http-proxy (one hop), on the
 // same machine in the same run. Small requests (GET api/status) and 1 MiB bodies (GET files/),
