@@ -95,6 +95,39 @@ describe("the renter page's messages", () => {
     await cp?.close();
   });
 
+  it("serves /renter and its assets with their types under the CSP, nothing inline, no CSP violation", async () => {
+    const html = await fetch(`${cp.server.url}/renter`);
+    expect(html.status).toBe(200);
+    expect(html.headers.get("content-type")).toBe("text/html; charset=utf-8");
+    const csp = html.headers.get("content-security-policy") ?? "";
+    expect(csp).toContain("script-src 'self'");
+    expect(csp).not.toContain("unsafe-inline");
+    const text = await html.text();
+    expect(text).not.toMatch(/<script(?![^>]*\bsrc=)[^>]*>/i);
+    expect(text).not.toMatch(/\s(style|on[a-z]+)=/i);
+    const types: Record<string, string> = {
+      "renter.js": "text/javascript; charset=utf-8",
+      "timerWorker.js": "text/javascript; charset=utf-8",
+      "renter.css": "text/css; charset=utf-8",
+    };
+    for (const [file, type] of Object.entries(types)) {
+      const res = await fetch(`${cp.server.url}/renter/assets/${file}`);
+      expect([file, res.status, res.headers.get("content-type")]).toEqual([file, 200, type]);
+    }
+    expect((await fetch(`${cp.server.url}/renter/assets/renterApi.ts`)).status).toBe(404);
+
+    const page = await browser.newPage();
+    const problems: string[] = [];
+    page.on("console", (m) => {
+      if (m.type() === "error" && /Content Security Policy|Refused/i.test(m.text())) problems.push(m.text());
+    });
+    page.on("pageerror", (e) => problems.push(e.message));
+    await page.goto(`${cp.server.url}/renter`);
+    await page.locator("#refresh-state", { hasText: "Updated" }).waitFor();
+    expect(problems).toEqual([]);
+    await page.close();
+  });
+
   it("shows a session without its provider's tunnel as 'Provider away', with its hardware", async () => {
     const { sessionId } = await register(cp);
     const page = await browser.newPage();
