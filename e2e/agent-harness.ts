@@ -99,9 +99,19 @@ export async function containerExists(id: string): Promise<boolean> {
   );
 }
 
-/** Removes every container of the agent, then its network. */
+/** Removes every container of the agent, the host-firewall rules of its network, then the network. */
 export async function cleanupDocker(agentName: string, network: string): Promise<void> {
   for (const c of await agentContainers(agentName)) await docker("rm", "-f", c.id).catch(() => undefined);
+  const netId = (await docker("network", "inspect", "--format", "{{.Id}}", network).catch(() => "")).trim();
+  if (netId) {
+    const bridge = `br-${netId.slice(0, 12)}`;
+    const rules = [
+      ["INPUT", "-i", bridge, "-j", "RUNIT-SESSIONS-INPUT"],
+      ["DOCKER-USER", "-i", bridge, "-o", bridge, "-j", "DROP"],
+    ];
+    for (const [chain, ...rule] of rules) await run("iptables", ["-w", "-D", chain!, ...rule]).catch(() => undefined);
+    await run("ip6tables", ["-w", "-D", "INPUT", "-i", bridge, "-j", "RUNIT-SESSIONS-INPUT"]).catch(() => undefined);
+  }
   await docker("network", "rm", network).catch(() => undefined);
 }
 

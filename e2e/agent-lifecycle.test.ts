@@ -59,6 +59,7 @@ describe("runit-agent against a real control plane", () => {
     const expected = [
       "[agent] checking docker image: runit-jupyter",
       "[agent] docker image exists",
+      `[agent] host firewall: containers on ${id.network} (br-`,
       `[agent] workspace directory: ${id.workspaceRoot}`,
       "[agent] starting dockerized jupyter...",
       "[docker] Running as: jupyteruser",
@@ -67,7 +68,7 @@ describe("runit-agent against a real control plane", () => {
     ];
     let at = -1;
     for (const e of expected) {
-      const next = lines.findIndex((l, i) => i > at && l === e);
+      const next = lines.findIndex((l, i) => i > at && (l === e || (e.endsWith("(br-") && l.startsWith(e))));
       expect(next, `line "${e}" after line ${at}`).toBeGreaterThan(at);
       at = next;
     }

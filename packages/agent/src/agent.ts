@@ -6,9 +6,10 @@ import { asSecret } from "@runit/protocol";
 import { ControlPlaneError, backoffDelay, createControlPlaneClient } from "./controlPlaneClient.js";
 import { removeContainer } from "./docker/sessionContainer.js";
 import { ensureSessionImage } from "./docker/sessionImage.js";
+import { isolateSessionNetwork } from "./docker/sessionFirewall.js";
 import { ensureSessionNetwork } from "./docker/sessionNetwork.js";
 import { detectHardware } from "./hardware.js";
-import { createLogger } from "./logger.js";
+import { createLogger, type AgentLogger } from "./logger.js";
 import { resolveAgentOptions, type AgentOptions } from "./options.js";
 import { recoverSessions } from "./recovery.js";
 import { sessionInfo, type AgentContext, type LiveSession, type SessionEndReason, type SessionInfo } from "./sessionContext.js";
@@ -61,6 +62,20 @@ async function connectDocker(docker: Docker): Promise<void> {
   }
 }
 
+/** Stops session containers from opening connections to this host (see docker/sessionFirewall.ts). */
+async function protectHost(docker: Docker, network: string, enabled: boolean, logger: AgentLogger): Promise<void> {
+  if (!enabled) {
+    logger.error("[agent] warning: host firewall off (--no-host-firewall): sessions can reach services this host exposes on its bridge address");
+    return;
+  }
+  try {
+    const r = await isolateSessionNetwork(docker, network);
+    logger.info(`[agent] host firewall: containers on ${network} (${r.bridge}) cannot open connections to this host`);
+  } catch (err) {
+    throw new AgentStartError(`cannot isolate the session network from this host: ${(err as Error).message} (run as root, or pass --no-host-firewall to accept the risk)`);
+  }
+}
+
 function tunnelFactoryFor(ctx: Pick<AgentContext, "options" | "fetch">): TunnelFactory {
   if (ctx.options.tunnelFactory) return ctx.options.tunnelFactory;
   if (ctx.options.tunnel === "cloudflared") {
@@ -84,6 +99,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
   await connectDocker(docker);
   await ensureSessionImage(docker, o.image, logger);
   await ensureSessionNetwork(docker, o.network);
+  await protectHost(docker, o.network, o.hostFirewall, logger);
   await mkdir(o.workspaceRoot, { recursive: true, mode: 0o700 });
   logger.info(`[agent] workspace directory: ${o.workspaceRoot}`);
   if (o.writePidFile) await writePidFile(o.stateDir, o.agentName);

@@ -32,7 +32,7 @@ function memoryMb(value: string): number {
   return Math.round(n);
 }
 
-async function start(opts: Record<string, string | number | undefined>): Promise<void> {
+async function start(opts: Record<string, string | number | boolean | undefined>): Promise<void> {
   const running: { handle?: AgentHandle } = {};
   let stopping = false;
   const onSignal = (sig: string): void => {
@@ -68,6 +68,7 @@ async function start(opts: Record<string, string | number | undefined>): Promise
     hourlyUsd: opts.price as number | undefined,
     providerId: opts.providerId as string | undefined,
     writePidFile: true,
+    hostFirewall: opts.hostFirewall !== false,
   });
   running.handle = handle;
   if (stopping) await handle.stop();
@@ -97,7 +98,8 @@ program
   .option("--cloudflared-bin <path>", "cloudflared binary", "cloudflared")
   .option("--price <usd>", "hourly price in USD", Number, 0.5)
   .option("--provider-id <id>", "provider id shown to the control plane")
-  .action(async (opts: Record<string, string | number | undefined>) => {
+  .option("--no-host-firewall", "do not install the iptables rules that keep sessions off this host (not recommended)")
+  .action(async (opts: Record<string, string | number | boolean | undefined>) => {
     if (opts.tunnel !== "relay" && opts.tunnel !== "cloudflared") return failWith(new Error("--tunnel must be relay or cloudflared"));
     await start(opts).catch(failWith);
   });

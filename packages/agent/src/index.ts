@@ -23,3 +23,4 @@ export type { SessionTunnel, TunnelAttachment, TunnelEvent, TunnelFactory, Tunne
 export { createSessionWorkspace, purgeOldWorkspaces } from "./workspace.js";
 export { runDoctor, type DoctorCheck } from "./doctor.js";
 export { readJupyterActivity, waitForJupyter } from "./jupyter/jupyterProbe.js";
+export { isolateSessionNetwork, releaseSessionNetwork, SessionFirewallError, SESSION_INPUT_CHAIN } from "./docker/sessionFirewall.js";

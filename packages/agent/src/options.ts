@@ -46,6 +46,8 @@ export interface AgentOptions {
   stdout?: LineSink;
   stderr?: LineSink;
   logger?: AgentLogger;
+  /** Installs the host firewall rules for the session network (default true; off only by explicit choice). */
+  hostFirewall?: boolean;
   /** Writes and removes the pid file (the CLI does; in-process callers usually do not). */
   writePidFile?: boolean;
 }
@@ -111,5 +113,6 @@ export function resolveAgentOptions(o: AgentOptions): ResolvedAgentOptions {
     providerId: o.providerId,
     registerAttempts: o.registerAttempts ?? 8,
     writePidFile: o.writePidFile ?? false,
+    hostFirewall: o.hostFirewall ?? true,
   };
 }

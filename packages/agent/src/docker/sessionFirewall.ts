@@ -140,3 +140,21 @@ export async function isolateSessionNetwork(
   }
   return { bridge, added, ipv6Skipped };
 }
+
+/**
+ * Removes the per-bridge rules `isolateSessionNetwork` added for `network` (the shared chain stays).
+ * For tests and operators that delete a session network; missing rules are fine.
+ */
+export async function releaseSessionNetwork(docker: Docker, network: string, run: CommandRunner = execFileRunner): Promise<void> {
+  const bridge = await bridgeInterfaceOf(docker, network);
+  const rules: Array<[string, string, string[]]> = [
+    ["iptables", "INPUT", ["-i", bridge, "-j", SESSION_INPUT_CHAIN]],
+    ["iptables", "DOCKER-USER", ["-i", bridge, "-o", bridge, "-j", "DROP"]],
+    ["ip6tables", "INPUT", ["-i", bridge, "-j", SESSION_INPUT_CHAIN]],
+  ];
+  for (const [tool, chain, rule] of rules) {
+    for (let i = 0; i < 10 && (await run(tool, ["-w", "-C", chain, ...rule])).code === 0; i++) {
+      await run(tool, ["-w", "-D", chain, ...rule]);
+    }
+  }
+}
