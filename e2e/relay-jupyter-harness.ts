@@ -13,6 +13,7 @@ import { startServer, type RunningServer } from "../packages/control-plane/src/i
 import { createRelay } from "../packages/control-plane/src/relay/index.js";
 import { ProviderKeyStore } from "../packages/control-plane/src/store/providerKeys.js";
 import { createRelayTunnel, type RelayTunnel } from "../packages/agent/src/tunnel/relay.js";
+import { WebSocket } from "ws";
 import { fetchRaw, waitFor } from "./relay-harness.js";
 
 const run = promisify(execFile);
@@ -177,4 +178,44 @@ export function postJson(port: number, path: string, bearer: string | undefined,
   const headers: Record<string, string> = { "Content-Type": "application/json" };
   if (bearer) headers.Authorization = `Bearer ${bearer}`;
   return fetchRaw(port, path, { method: "POST", headers, body: Buffer.from(JSON.stringify(body)) });
+}
+
+/**
+ * Starts a kernel through the relay, then runs `1+1` over Jupyter's channels WebSocket (message
+ * spec 5.3: execute_request on shell) and returns the execute_result's text/plain.
+ */
+export async function onePlusOneThroughRelay(port: number, base: string, cookie: string): Promise<string> {
+  const started = await fetchRaw(port, `${base}api/kernels`, {
+    method: "POST",
+    headers: { Cookie: cookie, "Content-Type": "application/json" },
+    body: Buffer.from("{}"),
+  });
+  if (started.status !== 201) throw new Error(`kernel start: HTTP ${started.status} ${started.body.toString()}`);
+  const kernelId = (JSON.parse(started.body.toString()) as { id: string }).id;
+  const session = randomUUID();
+  const ws = new WebSocket(`ws://127.0.0.1:${port}${base}api/kernels/${kernelId}/channels?session_id=${session}`, {
+    headers: { Cookie: cookie, Origin: `http://127.0.0.1:${port}` },
+  });
+  type Msg = { msg_type: string; parent_header: { msg_id?: string }; content: Record<string, unknown> };
+  const messages: Msg[] = [];
+  ws.on("message", (data: Buffer) => messages.push(JSON.parse(data.toString()) as Msg));
+  await new Promise<void>((resolve, reject) => (ws.once("open", () => resolve()), ws.once("error", reject)));
+  try {
+    const msgId = randomUUID();
+    ws.send(
+      JSON.stringify({
+        header: { msg_id: msgId, username: "renter", session, msg_type: "execute_request", version: "5.3", date: new Date().toISOString() },
+        parent_header: {},
+        metadata: {},
+        content: { code: "1+1", silent: false, store_history: true, user_expressions: {}, allow_stdin: false, stop_on_error: true },
+        channel: "shell",
+        buffers: [],
+      }),
+    );
+    const isResult = (m: Msg) => m.msg_type === "execute_result" && m.parent_header.msg_id === msgId;
+    await waitFor(() => messages.some(isResult), 30_000, "execute_result");
+    return String((messages.find(isResult)?.content.data as Record<string, unknown>)["text/plain"]);
+  } finally {
+    ws.close();
+  }
 }

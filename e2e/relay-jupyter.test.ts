@@ -1,12 +1,18 @@
 // The relay against a real Jupyter (runit-jupyter container, base_url /s/<id>/): the real control
 // plane with its SQLite session store, the agent's relay tunnel, real sockets and a real kernel.
-import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { writeFileSync, chownSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { WebSocket } from "ws";
 import { fetchRaw, waitFor } from "./relay-harness.js";
-import { requireDocker, startJupyter, startRelayStack, type JupyterContainer, type RelayStack } from "./relay-jupyter-harness.js";
+import {
+  onePlusOneThroughRelay,
+  requireDocker,
+  startJupyter,
+  startRelayStack,
+  type JupyterContainer,
+  type RelayStack,
+} from "./relay-jupyter-harness.js";
 
 const MB = 1024 * 1024;
 
@@ -58,35 +64,7 @@ describe("relay to a real Jupyter", () => {
   });
 
   it("runs 1+1 on a kernel started through the relay, over Jupyter's WebSocket protocol", async () => {
-    const started = await fetchRaw(stack.cp.port, `${base}api/kernels`, {
-      method: "POST",
-      headers: { Cookie: stack.cookie, "Content-Type": "application/json" },
-      body: Buffer.from("{}"),
-    });
-    expect(started.status).toBe(201);
-    const kernelId = (JSON.parse(started.body.toString()) as { id: string }).id;
-    const session = randomUUID();
-    const ws = new WebSocket(`ws://127.0.0.1:${stack.cp.port}${base}api/kernels/${kernelId}/channels?session_id=${session}`, {
-      headers: { Cookie: stack.cookie, Origin: `http://127.0.0.1:${stack.cp.port}` },
-    });
-    const messages: Array<{ msg_type: string; parent_header: { msg_id?: string }; content: Record<string, unknown> }> = [];
-    ws.on("message", (data: Buffer) => messages.push(JSON.parse(data.toString())));
-    await new Promise<void>((resolve, reject) => (ws.once("open", () => resolve()), ws.once("error", reject)));
-    const msgId = randomUUID();
-    ws.send(
-      JSON.stringify({
-        header: { msg_id: msgId, username: "renter", session, msg_type: "execute_request", version: "5.3", date: new Date().toISOString() },
-        parent_header: {},
-        metadata: {},
-        content: { code: "1+1", silent: false, store_history: true, user_expressions: {}, allow_stdin: false, stop_on_error: true },
-        channel: "shell",
-        buffers: [],
-      }),
-    );
-    await waitFor(() => messages.some((m) => m.msg_type === "execute_result" && m.parent_header.msg_id === msgId), 30_000, "execute_result");
-    const result = messages.find((m) => m.msg_type === "execute_result" && m.parent_header.msg_id === msgId);
-    expect((result?.content.data as Record<string, string>)["text/plain"]).toBe("2");
-    ws.close();
+    expect(await onePlusOneThroughRelay(stack.cp.port, base, stack.cookie)).toBe("2");
   });
 
   it("downloads a 50 MB workspace file intact and meters its bytes", async () => {
