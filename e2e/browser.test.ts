@@ -176,4 +176,11 @@ describe("the renter page in a real browser", () => {
     await pageB.screenshot({ path: join(ARTIFACTS, "renter-after-lapse.png"), fullPage: true });
     expect(await agentContainers(stack.agentName)).toHaveLength(1);
   }, 120_000);
+
+  it("6. stopping the agent leaves no container behind", async () => {
+    await stack.agent.stop();
+    expect(await agentContainers(stack.agentName)).toEqual([]);
+    await pageB.locator("li.session").first().waitFor({ state: "detached", timeout: 15_000 });
+    await pageB.locator("#empty").waitFor();
+  }, 90_000);
 });
