@@ -64,8 +64,9 @@ export function retryAfterSeconds(headers: Headers, body: unknown): number | und
     const date = Date.parse(retryAfter);
     if (!Number.isNaN(date)) return Math.max(0, Math.ceil((date - Date.now()) / 1000));
   }
-  // draft-7 `RateLimit: limit=120, remaining=0, reset=42`; draft-6 `RateLimit-Reset: 42`.
-  const combined = /(?:^|[,;\s])reset=(\d+)/i.exec(headers.get("ratelimit") ?? "");
+  // draft-7 `RateLimit: limit=120, remaining=0, reset=42`; draft-8 `RateLimit: "renter";r=0;t=42`;
+  // draft-6 `RateLimit-Reset: 42`.
+  const combined = /(?:^|[,;\s])(?:reset|t)=(\d+)/i.exec(headers.get("ratelimit") ?? "");
   if (combined?.[1] !== undefined) return Number(combined[1]);
   const reset = Number(headers.get("ratelimit-reset") ?? Number.NaN);
   if (Number.isFinite(reset) && reset >= 0) return Math.ceil(reset);
