@@ -7,7 +7,7 @@ const protocolSrc = fileURLToPath(new URL("./packages/protocol/src/index.ts", im
 export default defineConfig({
   resolve: { alias: { "@runit/protocol": protocolSrc } },
   test: {
-    include: ["packages/*/test/**/*.test.ts", "bench/**/*.test.ts"],
+    include: ["packages/*/test/**/*.test.ts", "e2e/**/*.test.ts", "bench/**/*.test.ts"],
     testTimeout: 30_000,
     hookTimeout: 120_000,
     // Two cores: Docker and browser tests compete for them.
