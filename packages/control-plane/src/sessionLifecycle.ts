@@ -35,6 +35,7 @@ export class SessionLifecycle {
   protected readonly startedAt: number;
   /** Renter activity seen by the relay, kept in memory and flushed by `sweep()`. */
   protected readonly relayActivity = new Map<string, number>();
+  private readonly flushedActivity = new Map<string, number>();
   private readonly endedListeners = new Set<SessionEndedListener>();
 
   constructor(
@@ -82,6 +83,7 @@ export class SessionLifecycle {
     });
     if (!ended) return false;
     this.relayActivity.delete(sessionId);
+    this.flushedActivity.delete(sessionId);
     for (const listener of this.endedListeners) {
       try {
         listener(sessionId, reason);
@@ -96,13 +98,14 @@ export class SessionLifecycle {
   protected expireIfDue(session: SessionRecord): SessionRecord {
     if (session.status === "ENDED") return session;
     const now = this.clock.now();
+    let ended = false;
     if (now - this.providerSeen(session) > this.rules.providerStaleMs) {
-      this.endSession(session.sessionId, "PROVIDER_STALE");
+      ended = this.endSession(session.sessionId, "PROVIDER_STALE");
     } else if (session.status === "LOCKED") {
       const lock = this.sessionsDb.lockOf(session.sessionId);
-      if (lock && now > this.lockExpiresAt(lock)) this.endSession(session.sessionId, "LOCK_TIMEOUT");
+      if (lock && now > this.lockExpiresAt(lock)) ended = this.endSession(session.sessionId, "LOCK_TIMEOUT");
     }
-    return this.sessionsDb.byId(session.sessionId) ?? session;
+    return ended ? (this.sessionsDb.byId(session.sessionId) ?? session) : session;
   }
 
   /**
@@ -122,6 +125,10 @@ export class SessionLifecycle {
 
   /** Writes relay activity timestamps to the locks table (cheap writes). */
   protected flushActivity(): void {
-    for (const [sessionId, at] of this.relayActivity) this.sessionsDb.touchRenter(sessionId, at);
+    for (const [sessionId, at] of this.relayActivity) {
+      if (this.flushedActivity.get(sessionId) === at) continue;
+      this.sessionsDb.touchRenter(sessionId, at);
+      this.flushedActivity.set(sessionId, at);
+    }
   }
 }

@@ -145,9 +145,9 @@ export class SessionService extends RelayAccess {
 
   /** `GET /renter/sessions`: READY and LOCKED sessions, never a token or a secret. */
   listForRenters(): RenterSession[] {
-    this.sweep();
     const now = this.clock.now();
-    return this.sessionsDb.live().map((s) => ({
+    const live = this.sessionsDb.live().map((s) => this.expireIfDue(s)).filter((s) => s.status !== "ENDED");
+    return live.map((s) => ({
       sessionId: s.sessionId,
       status: s.status,
       hardware: s.hardware,

@@ -1,4 +1,5 @@
 import type { EndReason, Hardware, Pricing, SessionStatus } from "@runit/protocol";
+import type { Statement } from "better-sqlite3";
 import type { RunitDatabase } from "./database.js";
 
 /** A session as the rest of the control plane sees it: no secret, no token, no hash. */
@@ -100,15 +101,22 @@ const SESSION_COLUMNS = `id, provider_key_id, provider_id, registered_ip, tunnel
 export class SessionStore {
   constructor(private readonly store: RunitDatabase) {}
 
-  private get db() {
+  private readonly statements = new Map<string, Statement>();
+
+  /** A cached prepared statement (the connection stays open for the life of the store). */
+  private sql(text: string): Statement {
     this.store.assertOpen();
-    return this.store.db;
+    let statement = this.statements.get(text);
+    if (!statement) {
+      statement = this.store.db.prepare(text);
+      this.statements.set(text, statement);
+    }
+    return statement;
   }
 
   /** Inserts a READY session. */
   insert(s: NewSession): void {
-    this.db
-      .prepare(
+    this.sql(
         `INSERT INTO sessions (id, provider_key_id, provider_id, secret_hash, registered_ip, tunnel_kind, public_url,
           jupyter_token, hardware, pricing, status, created_at, provider_seen_at, bw_window_start)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'READY', ?, ?, ?)`,
@@ -132,12 +140,12 @@ export class SessionStore {
 
   /** True when a session with this id was ever registered (ended ones included). */
   exists(id: string): boolean {
-    return this.db.prepare("SELECT 1 FROM sessions WHERE id = ?").get(id) !== undefined;
+    return this.sql("SELECT 1 FROM sessions WHERE id = ?").get(id) !== undefined;
   }
 
   /** One session by id. */
   byId(id: string): SessionRecord | undefined {
-    const row = this.db.prepare(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE id = ?`).get(id) as
+    const row = this.sql(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE id = ?`).get(id) as
       | SessionRow
       | undefined;
     return row ? toSession(row) : undefined;
@@ -145,7 +153,7 @@ export class SessionStore {
 
   /** One session by the hash of its secret. */
   bySecretHash(hash: string): SessionRecord | undefined {
-    const row = this.db.prepare(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE secret_hash = ?`).get(hash) as
+    const row = this.sql(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE secret_hash = ?`).get(hash) as
       | SessionRow
       | undefined;
     return row ? toSession(row) : undefined;
@@ -153,14 +161,14 @@ export class SessionStore {
 
   /** The secret hash of a session (for the constant-shape secret check). */
   secretHashOf(id: string): string | undefined {
-    return (this.db.prepare("SELECT secret_hash FROM sessions WHERE id = ?").get(id) as { secret_hash: string } | undefined)
+    return (this.sql("SELECT secret_hash FROM sessions WHERE id = ?").get(id) as { secret_hash: string } | undefined)
       ?.secret_hash;
   }
 
   /** The Jupyter token of a cloudflared session (needed to hand the renter in). */
   jupyterTokenOf(id: string): string | null {
     return (
-      (this.db.prepare("SELECT jupyter_token FROM sessions WHERE id = ?").get(id) as { jupyter_token: string | null } | undefined)
+      (this.sql("SELECT jupyter_token FROM sessions WHERE id = ?").get(id) as { jupyter_token: string | null } | undefined)
         ?.jupyter_token ?? null
     );
   }
@@ -168,48 +176,43 @@ export class SessionStore {
   /** Sessions that have not ended, oldest first. */
   live(): SessionRecord[] {
     return (
-      this.db.prepare(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE status <> 'ENDED' ORDER BY created_at, rowid`).all() as SessionRow[]
+      this.sql(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE status <> 'ENDED' ORDER BY created_at, rowid`).all() as SessionRow[]
     ).map(toSession);
   }
 
   /** Records a provider heartbeat (cheap write: no fsync of its own). */
   touchProvider(id: string, now: number, stats: string | null): void {
-    this.db
-      .prepare("UPDATE sessions SET provider_seen_at = max(provider_seen_at, ?), stats = coalesce(?, stats) WHERE id = ?")
+    this.sql("UPDATE sessions SET provider_seen_at = max(provider_seen_at, ?), stats = coalesce(?, stats) WHERE id = ?")
       .run(now, stats, id);
   }
 
   /** Ends a session and releases its lock; false when it had already ended. */
   end(id: string, reason: EndReason, now: number): boolean {
-    const changed = this.db
-      .prepare("UPDATE sessions SET status = 'ENDED', end_reason = ?, ended_at = ? WHERE id = ? AND status <> 'ENDED'")
+    const changed = this.sql("UPDATE sessions SET status = 'ENDED', end_reason = ?, ended_at = ? WHERE id = ? AND status <> 'ENDED'")
       .run(reason, now, id).changes;
-    this.db.prepare("UPDATE locks SET released_at = ? WHERE session_id = ? AND released_at IS NULL").run(now, id);
+    this.sql("UPDATE locks SET released_at = ? WHERE session_id = ? AND released_at IS NULL").run(now, id);
     return changed === 1;
   }
 
   /** Locks a READY session to a token hash and IP; false when it was not READY. */
   lock(id: string, tokenHash: string, ip: string, now: number): boolean {
-    const changed = this.db.prepare("UPDATE sessions SET status = 'LOCKED' WHERE id = ? AND status = 'READY'").run(id).changes;
+    const changed = this.sql("UPDATE sessions SET status = 'LOCKED' WHERE id = ? AND status = 'READY'").run(id).changes;
     if (changed !== 1) return false;
-    this.db
-      .prepare("INSERT INTO locks (token_hash, session_id, ip, locked_at, renter_seen_at) VALUES (?, ?, ?, ?, ?)")
+    this.sql("INSERT INTO locks (token_hash, session_id, ip, locked_at, renter_seen_at) VALUES (?, ?, ?, ?, ?)")
       .run(tokenHash, id, ip, now, now);
     return true;
   }
 
   /** The live lock held by a token hash. */
   lockByTokenHash(hash: string): LockRecord | undefined {
-    const row = this.db
-      .prepare("SELECT session_id, ip, locked_at, renter_seen_at FROM locks WHERE token_hash = ? AND released_at IS NULL")
+    const row = this.sql("SELECT session_id, ip, locked_at, renter_seen_at FROM locks WHERE token_hash = ? AND released_at IS NULL")
       .get(hash) as LockRow | undefined;
     return row ? toLock(row) : undefined;
   }
 
   /** The live lock of a session. */
   lockOf(sessionId: string): LockRecord | undefined {
-    const row = this.db
-      .prepare("SELECT session_id, ip, locked_at, renter_seen_at FROM locks WHERE session_id = ? AND released_at IS NULL")
+    const row = this.sql("SELECT session_id, ip, locked_at, renter_seen_at FROM locks WHERE session_id = ? AND released_at IS NULL")
       .get(sessionId) as LockRow | undefined;
     return row ? toLock(row) : undefined;
   }
@@ -217,7 +220,7 @@ export class SessionStore {
   /** The token hash of a session's live lock. */
   lockTokenHashOf(sessionId: string): string | undefined {
     return (
-      this.db.prepare("SELECT token_hash FROM locks WHERE session_id = ? AND released_at IS NULL").get(sessionId) as
+      this.sql("SELECT token_hash FROM locks WHERE session_id = ? AND released_at IS NULL").get(sessionId) as
         | { token_hash: string }
         | undefined
     )?.token_hash;
@@ -225,20 +228,19 @@ export class SessionStore {
 
   /** Records renter activity on a live lock (cheap write). */
   touchRenter(sessionId: string, now: number): void {
-    this.db
-      .prepare("UPDATE locks SET renter_seen_at = max(renter_seen_at, ?) WHERE session_id = ? AND released_at IS NULL")
+    this.sql("UPDATE locks SET renter_seen_at = max(renter_seen_at, ?) WHERE session_id = ? AND released_at IS NULL")
       .run(now, sessionId);
   }
 
   /** Stores a session's bandwidth meter (cheap write). */
   saveBandwidth(id: string, windowStart: number, bytes: number): void {
-    this.db.prepare("UPDATE sessions SET bw_window_start = ?, bw_bytes = ? WHERE id = ?").run(windowStart, bytes, id);
+    this.sql("UPDATE sessions SET bw_window_start = ?, bw_bytes = ? WHERE id = ?").run(windowStart, bytes, id);
   }
 
   /** Counts of sessions per status (for metrics). */
   countByStatus(): Record<SessionStatus, number> {
     const counts: Record<SessionStatus, number> = { READY: 0, LOCKED: 0, ENDED: 0 };
-    for (const row of this.db.prepare("SELECT status, count(*) AS n FROM sessions GROUP BY status").all() as Array<{
+    for (const row of this.sql("SELECT status, count(*) AS n FROM sessions GROUP BY status").all() as Array<{
       status: SessionStatus;
       n: number;
     }>) {
