@@ -1,3 +1,4 @@
+import type { Statement } from "better-sqlite3";
 import { maskSecret, type SecurityEvent } from "@runit/protocol";
 import type { Clock } from "./clock.js";
 import type { LineWriter } from "./logger.js";
@@ -50,9 +51,11 @@ export function createSecurityLog(deps: {
   clock: Clock;
   onEvent?: SecurityEventListener;
 }): SecurityLog {
+  let statement: Statement | undefined;
   const insert = (at: string, event: string, json: string): void => {
     if (!deps.store.db.open) return;
-    deps.store.db.prepare("INSERT INTO audit (at, event, details) VALUES (?, ?, ?)").run(at, event, json);
+    statement ??= deps.store.db.prepare("INSERT INTO audit (at, event, details) VALUES (?, ?, ?)");
+    statement.run(at, event, json);
   };
   return (event, details) => {
     const clean: Record<string, string | number | boolean | null> = {};
