@@ -78,7 +78,7 @@ describe("property: hostile relay paths never yield a 5xx or a crash", () => {
       inputs(seed).map(([seg, tail, withCookie]) => ({
         method: "GET",
         path: `/s/${seg}${tail}`,
-        headers: withCookie ? { cookie } : {},
+        headers: withCookie ? { cookie } : ({} as Record<string, string>),
       })),
     );
     sender.close();
