@@ -105,9 +105,10 @@ describe("relay tunnel core", () => {
     socket.destroy();
     console.log(`[relay-core] slow renter: upstream wrote ${(plateau / MB).toFixed(1)} MiB then stopped; arrayBuffers grew ${(grown / MB).toFixed(1)} MiB`);
     expect(later).toBe(plateau);
-    // Socket buffers (kernel) + one 512 KiB stream window; far below the 200 MiB on offer.
+    // Kernel socket buffers + one stream window: far below the 200 MiB on offer. (arrayBuffers
+    // is the whole test process, slabs included, and GC timing moves it: a loose upper bound.)
     expect(plateau).toBeLessThan(48 * MB);
-    expect(grown).toBeLessThan(24 * MB);
+    expect(grown).toBeLessThan(64 * MB);
     await waitFor(() => cp.relay.stats().streams === 0, 3000, "the abandoned stream to be dropped");
   });
 

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
 import {
   DEFAULT_STREAM_WINDOW_BYTES,
+  MAX_DATA_FRAME_PAYLOAD,
   decodeTunnelFrame,
   encodeControlFrame,
   encodeDataFrame,
@@ -124,10 +125,10 @@ describe("relay: the control plane's tunnel endpoint", () => {
     renter.pause();
     const open = await agent.next("open");
     agent.ws.send(encodeControlFrame({ type: "response", streamId: open.streamId, status: 200, headers: [] }));
-    const chunk = new Uint8Array(64 * 1024);
+    const chunk = new Uint8Array(MAX_DATA_FRAME_PAYLOAD);
     let sent = 0;
     while (sent < 64 * 1024 * 1024 && !agent.frames.some((f) => f.type === "abort")) {
-      for (let i = 0; i < 16; i++, sent += chunk.length) agent.ws.send(encodeDataFrame(open.streamId, chunk));
+      for (let i = 0; i < 64; i++, sent += chunk.length) agent.ws.send(encodeDataFrame(open.streamId, chunk));
       await new Promise((r) => setTimeout(r, 5));
     }
     expect(await agent.next("abort")).toEqual({ type: "abort", streamId: open.streamId, code: "FLOW_CONTROL", message: "peer sent beyond its credit" });
