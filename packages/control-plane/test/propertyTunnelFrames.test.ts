@@ -180,6 +180,26 @@ describe("property: hostile tunnel frames never crash the control plane", () => 
     });
   });
 
+  // Found by the response-frame fuzzer: HeaderListSchema refuses CR, LF and NUL only, and Node's
+  // res.appendHeader throws ERR_INVALID_CHAR on any other control character — inside the tunnel's
+  // message handler, uncaught: one frame from any provider key holder killed the control plane.
+  it("a response header value with a control character is refused, not fatal (regression)", { timeout: 30_000 }, async () => {
+    const agent = new FuzzAgent(server.url, secret);
+    await agent.open();
+    agent.ws.on("message", (data: RawData, isBinary: boolean) => {
+      if (isBinary) return;
+      const frame = JSON.parse(String(data)) as { type: string; streamId?: number };
+      if (frame.type !== "open") return;
+      agent.ws.send(JSON.stringify({ type: "response", streamId: frame.streamId, status: 200, headers: [["x-evil", "a\u0001b"]] }));
+    });
+    const reply = await call(server.url, "GET", `${relayBasePath(sessionId)}api/status`, { headers: { cookie } });
+    // Either the stream is aborted (502, the response never started) or the bad header dropped.
+    expect([200, 502]).toContain(reply.status);
+    expect(reply.headers["x-evil"]).toBeUndefined();
+    expect((await call(server.url, "GET", "/healthz")).status).toBe(200);
+    agent.ws.close();
+  });
+
   it("after the fuzzing, every renter request settled and a well-behaved agent relays again", { timeout: 60_000 }, async () => {
     const good = new FuzzAgent(server.url, secret, true);
     await good.open();
