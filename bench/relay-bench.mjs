@@ -6,7 +6,7 @@
 // Run: ./scripts/bench.sh   (BENCH_SECONDS=3 per measurement by default)
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
-import { chownSync, chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chownSync, chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -46,6 +46,12 @@ function call(port, method, path, headers = {}, body) {
   });
 }
 
+/** CPU time (user + system, ms) a process has used so far, from /proc (Linux). */
+function cpuMs(pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
 /** Runs `concurrency` workers for SECONDS (and at most 200,000 requests); latency percentiles and rates. */
 async function measure(target, path, concurrency) {
   const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
@@ -61,13 +67,17 @@ async function measure(target, path, concurrency) {
       latencies.push(performance.now() - t0);
     }
   };
+  const cpuBefore = target.pids.map(cpuMs);
   const t0 = performance.now();
   await Promise.all(Array.from({ length: concurrency }, worker));
   const elapsed = (performance.now() - t0) / 1000;
+  // CPU per request of the proxy's own processes: robust on a busy machine, where wall-clock
+  // figures swing with whatever else runs.
+  const cpuPerReq = target.pids.reduce((sum, pid, i) => sum + cpuMs(pid) - cpuBefore[i], 0) / Math.max(1, latencies.length);
   agent.destroy();
   latencies.sort((a, b) => a - b);
   const pct = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
-  return { requests: latencies.length, rps: latencies.length / elapsed, mibps: bytes / elapsed / 1048576, p50: pct(0.5), p99: pct(0.99) };
+  return { requests: latencies.length, rps: latencies.length / elapsed, mibps: bytes / elapsed / 1048576, p50: pct(0.5), p99: pct(0.99), cpuMsPerReq: cpuPerReq };
 }
 
 async function waitHttp(port, path, headers, timeoutMs) {
@@ -179,16 +189,16 @@ async function main() {
 
   // configurable-http-proxy 4.6.3, one hop, default target = Jupyter.
   const chpPort = 20000 + Math.floor(Math.random() * 20000);
-  spawnChild(join(root, "node_modules/.bin/configurable-http-proxy"), [
+  const chp = spawnChild(join(root, "node_modules/.bin/configurable-http-proxy"), [
     "--ip", "127.0.0.1", "--port", String(chpPort), "--api-ip", "127.0.0.1", "--api-port", String(chpPort + 1),
     "--default-target", `http://127.0.0.1:${jupyterPort}`, "--log-level", "error",
   ], { CONFIGPROXY_AUTH_TOKEN: randomBytes(16).toString("hex") });
   await waitHttp(chpPort, `${base}api/status`, jupyterAuth, 20_000);
 
   const targets = [
-    { name: "direct", port: jupyterPort, headers: jupyterAuth },
-    { name: "chp", port: chpPort, headers: jupyterAuth },
-    { name: "relay", port: cpPort, headers: { Cookie: cookie } },
+    { name: "direct", port: jupyterPort, headers: jupyterAuth, pids: [] },
+    { name: "chp", port: chpPort, headers: jupyterAuth, pids: [chp.child.pid] },
+    { name: "relay", port: cpPort, headers: { Cookie: cookie }, pids: [cp.child.pid, agent.child.pid] },
   ];
   await waitHttp(cpPort, `${base}api/status`, { Cookie: cookie }, 10_000);
   const scenarios = [
@@ -204,17 +214,19 @@ async function main() {
     const row = { scenario: scenario.name };
     for (const target of targets) row[target.name] = await measure(target, scenario.path, scenario.concurrency);
     results.push(row);
-    const fmt = (r) => `${r.rps.toFixed(0).padStart(6)} req/s ${r.mibps.toFixed(1).padStart(7)} MiB/s p50 ${r.p50.toFixed(2).padStart(7)} ms p99 ${r.p99.toFixed(2).padStart(7)} ms`;
+    const fmt = (r) =>
+      `${r.rps.toFixed(0).padStart(6)} req/s ${r.mibps.toFixed(1).padStart(7)} MiB/s p50 ${r.p50.toFixed(2).padStart(7)} ms p99 ${r.p99.toFixed(2).padStart(7)} ms` +
+      (r.cpuMsPerReq > 0 ? `  proxy CPU ${(r.cpuMsPerReq * 1000).toFixed(0).padStart(5)} µs/req` : "");
     console.log(`\n${scenario.name}`);
     for (const target of targets) console.log(`  ${target.name.padEnd(7)}${fmt(row[target.name])}`);
     console.log(
       `  ratios: relay/chp throughput ${(row.relay.rps / row.chp.rps).toFixed(2)}, relay/direct throughput ${(row.relay.rps / row.direct.rps).toFixed(2)}, ` +
-        `relay/chp p50 latency ${(row.relay.p50 / row.chp.p50).toFixed(2)}`,
+        `relay/chp p50 latency ${(row.relay.p50 / row.chp.p50).toFixed(2)}, relay/chp proxy CPU per request ${(row.relay.cpuMsPerReq / row.chp.cpuMsPerReq).toFixed(2)}`,
     );
   }
   const verdict = results.every((r) => r.relay.rps >= r.chp.rps * 0.95) ? "MET" : "NOT MET";
   console.log(`\ntarget (relay's two hops at least match CHP's one, throughput within 5%): ${verdict}`);
-  console.log(`JSON ${JSON.stringify(results.map((r) => ({ scenario: r.scenario, ...Object.fromEntries(targets.map((t) => [t.name, { rps: +r[t.name].rps.toFixed(1), mibps: +r[t.name].mibps.toFixed(2), p50: +r[t.name].p50.toFixed(3), p99: +r[t.name].p99.toFixed(3) }])) })))}`);
+  console.log(`JSON ${JSON.stringify(results.map((r) => ({ scenario: r.scenario, ...Object.fromEntries(targets.map((t) => [t.name, { rps: +r[t.name].rps.toFixed(1), mibps: +r[t.name].mibps.toFixed(2), p50: +r[t.name].p50.toFixed(3), p99: +r[t.name].p99.toFixed(3), cpuUsPerReq: Math.round(r[t.name].cpuMsPerReq * 1000) }])) })))}`);
 }
 
 try {

@@ -148,6 +148,9 @@ describe("relay tunnel (agent side)", () => {
     expect(await nextFrame(cp, "abort")).toEqual({ type: "abort", streamId: 2, code: "FORBIDDEN_PATH", message: "path outside the session" });
     ws.send(open(3, `${BASE}x`, 16 * 1024 * 1024));
     expect(await nextFrame(cp, "abort")).toEqual({ type: "abort", streamId: 3, code: "FLOW_CONTROL", message: "window too large" });
+    // A path http.request would throw on is refused by the schema, not by a crash.
+    ws.send(encodeControlFrame({ type: "open", streamId: 4, method: "GET", path: `${BASE}a b`, headers: [], upgrade: false, window: 512 * 1024 }));
+    expect(await nextFrame(cp, "abort")).toMatchObject({ streamId: 4, code: "BAD_FRAME", message: expect.stringMatching(/^path: /) });
     expect(jupyter.headers).toHaveLength(0);
     expect(tunnel.connected).toBe(true);
   });

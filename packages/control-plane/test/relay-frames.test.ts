@@ -86,7 +86,7 @@ describe("relay: the control plane's tunnel endpoint", () => {
     agent.ws.send("not json");
     expect(await agent.next("error")).toEqual({ type: "error", code: "BAD_FRAME", message: "control frame is not JSON" });
     agent.ws.send(JSON.stringify({ type: "credit", streamId: 99, bytes: -5 }));
-    expect(await agent.next("error")).toMatchObject({ code: "BAD_FRAME", message: expect.stringMatching(/^bytes: /) });
+    expect(await agent.next("abort")).toMatchObject({ streamId: 99, code: "BAD_FRAME", message: expect.stringMatching(/^bytes: /) });
     agent.ws.send(JSON.stringify({ type: "teleport" }));
     expect(await agent.next("error")).toMatchObject({ code: "BAD_FRAME" });
     agent.ws.send(Buffer.from([7, 0, 0, 0, 1, 42]));
@@ -134,6 +134,16 @@ describe("relay: the control plane's tunnel endpoint", () => {
     expect(await agent.next("abort")).toEqual({ type: "abort", streamId: open.streamId, code: "FLOW_CONTROL", message: "peer sent beyond its credit" });
     expect(sent).toBeLessThan(64 * 1024 * 1024);
     renter.destroy();
+  });
+
+  it("refuses a response head Node cannot write (control character in a header) without crashing", async () => {
+    const pending = call(server.url, "GET", `/s/${SESSION_ID}/x`, { headers: { Cookie: cookie } });
+    const open = await agent.next("open");
+    agent.ws.send(JSON.stringify({ type: "response", streamId: open.streamId, status: 200, headers: [["X-Evil", "a\u0001b"]] }));
+    expect(await agent.next("abort")).toMatchObject({ streamId: open.streamId, code: "BAD_FRAME", message: expect.stringMatching(/^headers\.0\.1: /) });
+    const reply = await pending;
+    expect(reply.status).toBe(502);
+    expect(reply.headers["x-evil"]).toBeUndefined();
   });
 
   it("answers 502 TUNNEL_UNAVAILABLE when the agent aborts before answering", async () => {

@@ -57,7 +57,9 @@ export const HeaderListSchema = z
   .array(
     z.tuple([
       z.string().min(1).max(256).regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "expected an HTTP header name"),
-      z.string().max(16 * 1024).regex(/^[^\r\n\0]*$/, "header value with CR, LF or NUL"),
+      // Node's own rule for header values (tab, visible ASCII, obs-text): anything else would
+      // make setHeader/writeHead throw on the other end.
+      z.string().max(16 * 1024).regex(/^[\t\x20-\x7e\x80-\xff]*$/, "header value with a forbidden character"),
     ]),
   )
   .max(256);
@@ -71,7 +73,10 @@ export const OpenFrameSchema = z.strictObject({
   streamId: StreamIdSchema,
   method: z.string().regex(/^[A-Z]{1,16}$/),
   /** Path and query, unchanged (Jupyter runs with base_url `/s/<id>/`). */
-  path: z.string().startsWith("/").max(16 * 1024),
+  path: z
+    .string()
+    .max(16 * 1024)
+    .regex(/^\/[\x21-\xff]*$/, "expected a path starting with / without spaces or control characters"),
   headers: HeaderListSchema,
   upgrade: z.boolean(),
   /** Initial credit of each direction, in bytes; the agent refuses windows above its own limit. */
@@ -83,7 +88,7 @@ export const ResponseFrameSchema = z.strictObject({
   type: z.literal("response"),
   streamId: StreamIdSchema,
   status: z.number().int().min(100).max(599),
-  statusMessage: z.string().max(256).optional(),
+  statusMessage: z.string().max(256).regex(/^[\t\x20-\x7e\x80-\xff]*$/, "status message with a forbidden character").optional(),
   headers: HeaderListSchema,
 });
 

@@ -216,7 +216,14 @@ export class TunnelLink {
     private readonly handlers: TunnelLinkHandlers,
     private readonly socket?: Socket,
   ) {
-    ws.on("message", (data: Buffer, isBinary: boolean) => this.onMessage(isBinary ? data : data.toString("utf8")));
+    ws.on("message", (data: Buffer, isBinary: boolean) => {
+      try {
+        this.onMessage(isBinary ? data : data.toString("utf8"));
+      } catch (err) {
+        // Never let one frame take the process down: answer it and carry on.
+        this.send({ type: "error", code: "BAD_FRAME", message: `frame could not be handled: ${(err as Error).message}`.slice(0, 1024) });
+      }
+    });
     ws.on("close", () => this.abortAll("TUNNEL_CLOSED", "tunnel closed"));
   }
 
@@ -281,11 +288,12 @@ export class TunnelLink {
   private onMessage(message: string | Buffer): void {
     const decoded = decodeTunnelFrame(message);
     if (!decoded.ok) {
-      if (decoded.streamId !== undefined) {
-        const stream = this.streams.get(decoded.streamId);
-        if (stream) return stream.abort(decoded.code, decoded.message);
-      }
-      return this.send({ type: "error", code: decoded.code, message: decoded.message });
+      // A bad frame naming a stream kills that stream on both ends (the peer may be waiting on
+      // it, e.g. for the answer to a malformed open); one naming none gets an error frame.
+      if (decoded.streamId === undefined) return this.send({ type: "error", code: decoded.code, message: decoded.message });
+      const stream = this.streams.get(decoded.streamId);
+      if (stream) return stream.abort(decoded.code, decoded.message);
+      return this.send({ type: "abort", streamId: decoded.streamId, code: decoded.code, message: decoded.message });
     }
     const frame = decoded.frame;
     if (frame.type === "error") return this.handlers.onPeerError?.(frame.code, frame.message);

@@ -88,14 +88,20 @@ export class RelayUpstream {
     if (!stream) return refuse("TOO_MANY_STREAMS", "too many streams");
     stream.setPeerWindow(frame.window);
     this.counters.lastActivity = Date.now();
-    const req = request({
-      host: "127.0.0.1",
-      port: this.target.port,
-      method: frame.method,
-      path: frame.path,
-      headers: upstreamHeaders(frame.headers, this.target, frame.upgrade),
-      agent: this.agent,
-    });
+    let req: ClientRequest;
+    try {
+      req = request({
+        host: "127.0.0.1",
+        port: this.target.port,
+        method: frame.method,
+        path: frame.path,
+        headers: upstreamHeaders(frame.headers, this.target, frame.upgrade),
+        agent: this.agent,
+      });
+    } catch (err) {
+      // Defence in depth: the frame schema already refuses what http.request would throw on.
+      return stream.abort("BAD_FRAME", `unusable request: ${(err as Error).message}`);
+    }
     this.wire(link, stream, req, frame.upgrade);
   }
 

@@ -106,9 +106,15 @@ export class RenterRelay {
       if (!res.writableFinished) stream.abort("CLIENT_GONE", "renter went away");
     });
     stream.onResponse((frame) => {
-      res.statusCode = frame.status;
-      if (frame.statusMessage) res.statusMessage = frame.statusMessage;
-      for (const [name, value] of responseHeadersForRenter(frame.headers, frame.status)) res.appendHeader(name, value);
+      try {
+        res.statusCode = frame.status;
+        if (frame.statusMessage) res.statusMessage = frame.statusMessage;
+        for (const [name, value] of responseHeadersForRenter(frame.headers, frame.status)) res.appendHeader(name, value);
+      } catch (err) {
+        // Defence in depth: the frame schema already refuses what Node would refuse here.
+        for (const name of res.getHeaderNames()) res.removeHeader(name);
+        return stream.abort("BAD_FRAME", `unusable response head: ${(err as Error).message}`);
+      }
       stream.attachSink(res);
     });
     stream.attachSource(req);
