@@ -116,6 +116,7 @@ describe("test_security.sh", () => {
 
   it("fails against a server with the defences turned off, naming each missing defence", async () => {
     const result = await run(script, [baseUrl], { RUNIT_PROVIDER_KEY: "any-key-will-do" }, 60_000);
+    console.log(`[test_security.sh vs an insecure server]\n${result.stdout}`);
     const lines = result.stdout.trimEnd().split("\n");
 
     expect(result.code).toBe(1);
@@ -142,6 +143,7 @@ describe("test_security.sh", () => {
 
   it("passes against a freshly started control plane (scripts/security-ci.sh)", async () => {
     const result = await run(`${repoRoot}scripts/security-ci.sh`, [], {}, 120_000);
+    console.log(`[scripts/security-ci.sh]\n${result.stdout}${result.stderr}`);
     const lines = result.stdout.trimEnd().split("\n");
 
     expect(result.stderr).not.toContain("❌");
