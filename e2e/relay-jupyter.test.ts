@@ -4,6 +4,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { writeFileSync, chownSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { WebSocket } from "ws";
 import { fetchRaw, waitFor } from "./relay-harness.js";
 import {
   onePlusOneThroughRelay,
@@ -65,6 +66,24 @@ describe("relay to a real Jupyter", () => {
 
   it("runs 1+1 on a kernel started through the relay, over Jupyter's WebSocket protocol", async () => {
     expect(await onePlusOneThroughRelay(stack.cp.port, base, stack.cookie)).toBe("2");
+  });
+
+  it("relays a Jupyter terminal's WebSocket (stdin in, stdout out)", async () => {
+    const created = await fetchRaw(stack.cp.port, `${base}api/terminals`, { method: "POST", headers: { Cookie: stack.cookie } });
+    expect(created.status).toBe(200);
+    const name = (JSON.parse(created.body.toString()) as { name: string }).name;
+    const ws = new WebSocket(`ws://127.0.0.1:${stack.cp.port}${base}terminals/websocket/${name}`, {
+      headers: { Cookie: stack.cookie, Origin: `http://127.0.0.1:${stack.cp.port}` },
+    });
+    let output = "";
+    ws.on("message", (data: Buffer) => {
+      const [kind, text] = JSON.parse(data.toString()) as [string, string];
+      if (kind === "stdout") output += text;
+    });
+    await new Promise<void>((resolve, reject) => (ws.once("open", () => resolve()), ws.once("error", reject)));
+    ws.send(JSON.stringify(["stdin", "expr 20 + 22\r"]));
+    await waitFor(() => /\b42\b/.test(output), 15_000, "the terminal's answer");
+    ws.close();
   });
 
   it("downloads a 50 MB workspace file intact and meters its bytes", async () => {
