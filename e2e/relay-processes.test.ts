@@ -102,7 +102,8 @@ describe("relay with real processes (control plane CLI + agent CLI + container)"
     const other = await fetchRaw(cpPort, `${base}api/status`, { headers: { Cookie: cookie }, localAddress: "127.0.0.2" });
     expect(other.status).toBe(403);
     expect(JSON.parse(other.body.toString())).toEqual({ error: "IP mismatch - access denied", code: "IP_MISMATCH" });
-    expect(cp?.text()).toMatch(/\[SECURITY\] \S+ - SESSION_HIJACK_ATTEMPT: \{"sessionId":"[^"]+","ip":"127\.0\.0\.2"/);
+    // The 403 reply can arrive before the child's stdout has been read: wait for the line.
+    await waitForMatch(() => cp?.text(), /\[SECURITY\] \S+ - SESSION_HIJACK_ATTEMPT: \{"sessionId":"[^"]+","ip":"127\.0\.0\.2"/, 10_000);
   });
 
   it("runs 1+1 on a kernel through the relay", async () => {
