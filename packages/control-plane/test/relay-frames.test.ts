@@ -146,6 +146,18 @@ describe("relay: the control plane's tunnel endpoint", () => {
     expect(reply.headers["x-evil"]).toBeUndefined();
   });
 
+  it("refuses a malformed escape in the session path (/s/%zz/...) without crashing, for HTTP and upgrades", async () => {
+    const http = await call(server.url, "GET", "/s/%zz/api/status", { headers: { Cookie: cookie } });
+    expect(http.status).toBe(400); // Express refuses the bad escape before the relay sees it
+    const ws = new WebSocket(`ws://127.0.0.1:${server.port}/s/%zz/api/kernels/k/channels`, { headers: { Cookie: cookie } });
+    const status = await new Promise<number>((resolve) => {
+      ws.once("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0));
+      ws.once("open", () => resolve(101));
+      ws.once("error", () => resolve(-1));
+    });
+    expect(status).toBe(403);
+  });
+
   it("answers 502 TUNNEL_UNAVAILABLE when the agent aborts before answering", async () => {
     const pending = call(server.url, "GET", `/s/${SESSION_ID}/x`, { headers: { Cookie: cookie } });
     const open = await agent.next("open");

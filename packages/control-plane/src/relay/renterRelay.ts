@@ -30,7 +30,7 @@ export class RenterRelay {
     const url = req.originalUrl ?? req.url ?? "/";
     const match = SESSION_PATH.exec(url);
     if (!match) return sendError(res, new RunitError("NOT_FOUND"));
-    const sessionId = decodeURIComponent(match[1] as string);
+    const sessionId = match[1] as string; // a UUID: never decoded (a bad escape must not throw)
     if (match[2] === undefined) {
       res.writeHead(308, { Location: `/s/${match[1]}/${match[3] ?? ""}` }).end();
       return;
@@ -50,7 +50,7 @@ export class RenterRelay {
       writeRawError(socket, 400, new RunitError("INVALID_BODY", "Only WebSocket upgrades are relayed").toBody());
       return true;
     }
-    const sessionId = decodeURIComponent(match[1] as string);
+    const sessionId = match[1] as string; // a UUID: never decoded (a bad escape must not throw)
     const denied = this.authorize(req, sessionId);
     if (denied) writeRawError(socket, denied.status, denied.toBody());
     else this.relayUpgrade(req, socket, head, sessionId, url);
