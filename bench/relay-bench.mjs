@@ -207,6 +207,9 @@ async function main() {
     { name: "1 MiB, c=1", path: `${base}files/1mib.bin`, concurrency: 1 },
     { name: "1 MiB, c=4", path: `${base}files/1mib.bin`, concurrency: 4 },
   ];
+  // BENCH_ONLY=<scenario name> runs one scenario (profiling).
+  const only = process.env.BENCH_ONLY;
+  if (only) scenarios.splice(0, scenarios.length, ...scenarios.filter((sc) => sc.name === only));
   const results = [];
   const targetName = plain ? "a plain Node HTTP server (BENCH_TARGET=plain)" : "Jupyter in runit-jupyter";
   console.log(`relay benchmark: ${SECONDS} s per measurement, node ${process.version}, target ${targetName}, all on 127.0.0.1`);
