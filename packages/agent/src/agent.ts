@@ -15,7 +15,7 @@ import { recoverSessions } from "./recovery.js";
 import { sessionInfo, type AgentContext, type LiveSession, type SessionEndReason, type SessionInfo } from "./sessionContext.js";
 import { startSession } from "./sessionStart.js";
 import { watchSession } from "./sessionWatch.js";
-import { clearLiveSession, removePidFile, writePidFile } from "./stateFile.js";
+import { clearLiveSession, removePidFile, runningAgentPid, writePidFile } from "./stateFile.js";
 import { createCloudflaredTunnel } from "./tunnel/cloudflared.js";
 import { createRelayTunnel } from "./tunnel/relay.js";
 import type { TunnelFactory } from "./tunnel/types.js";
@@ -96,6 +96,11 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
   const logger = options.logger ?? createLogger(options.stdout ?? process.stdout, options.stderr ?? process.stderr, () => [...secrets]);
   const docker = options.docker ?? new Docker();
   const fetchFn = options.fetch ?? fetch;
+  if (o.writePidFile) {
+    // Two processes with one name would both re-adopt the same persisted session and fight over it.
+    const other = await runningAgentPid(o.stateDir, o.agentName);
+    if (other !== undefined) throw new AgentStartError(`agent ${o.agentName} is already running (pid ${other}); stop it first: runit-agent stop --name ${o.agentName}`);
+  }
   await connectDocker(docker);
   await ensureSessionImage(docker, o.image, logger);
   await ensureSessionNetwork(docker, o.network);

@@ -1,5 +1,5 @@
 import { DEFAULT_TIMERS, asSecret } from "@runit/protocol";
-import { listAgentContainers, removeContainer } from "./docker/sessionContainer.js";
+import { listAgentContainers, removeContainer, type ManagedContainer } from "./docker/sessionContainer.js";
 import { readJupyterActivity } from "./jupyter/jupyterProbe.js";
 import type { AgentContext, LiveSession } from "./sessionContext.js";
 import { clearLiveSession, readLiveSession, type LiveSessionState } from "./stateFile.js";
@@ -14,26 +14,27 @@ export async function recoverSessions(ctx: AgentContext): Promise<LiveSession | 
   const { options: o, logger } = ctx;
   const state = await readLiveSession(o.stateDir, o.agentName);
   const containers = await listAgentContainers(ctx.docker, o.agentName);
-  let adopted: LiveSession | undefined;
-  if (state) {
-    ctx.secrets.add(state.sessionSecret);
-    ctx.secrets.add(state.jupyterToken);
-    const container = containers.find((c) => c.id === state.containerId && c.sessionId === state.sessionId && c.running);
-    if (container && state.tunnel === o.tunnel) adopted = await tryAdopt(ctx, state);
-    if (!adopted) {
-      await ctx.client.deregister(state.sessionId, asSecret(state.sessionSecret)).catch((err: Error) => {
-        logger.error(`[agent] could not deregister leftover session ${state.sessionId}: ${err.message}`);
-      });
-      logger.info(`[agent] leftover session ${state.sessionId} ended`);
-      await clearLiveSession(o.stateDir, o.agentName);
-    }
-  }
-  for (const c of containers) {
-    if (adopted && c.id === adopted.containerId) continue;
-    await removeContainer(ctx.docker, c.id);
-    logger.info(`[agent] removed leftover container ${c.id.slice(0, 12)} (session ${c.sessionId || "?"})`);
-  }
-  return adopted;
+  // Only the persisted session's own running container can be adopted. Every other container is
+  // removed first, so that "[agent] re-adopted session …" is the last line of a finished recovery.
+  const candidate = state ? containers.find((c) => c.id === state.containerId && c.sessionId === state.sessionId && c.running) : undefined;
+  for (const c of containers) if (c !== candidate) await removeLeftover(ctx, c);
+  if (!state) return undefined;
+  ctx.secrets.add(state.sessionSecret);
+  ctx.secrets.add(state.jupyterToken);
+  const adopted = candidate && state.tunnel === o.tunnel ? await tryAdopt(ctx, state) : undefined;
+  if (adopted) return adopted;
+  await ctx.client.deregister(state.sessionId, asSecret(state.sessionSecret)).catch((err: Error) => {
+    logger.error(`[agent] could not deregister leftover session ${state.sessionId}: ${err.message}`);
+  });
+  logger.info(`[agent] leftover session ${state.sessionId} ended`);
+  if (candidate) await removeLeftover(ctx, candidate);
+  await clearLiveSession(o.stateDir, o.agentName);
+  return undefined;
+}
+
+async function removeLeftover(ctx: AgentContext, c: ManagedContainer): Promise<void> {
+  await removeContainer(ctx.docker, c.id);
+  ctx.logger.info(`[agent] removed leftover container ${c.id.slice(0, 12)} (session ${c.sessionId || "?"})`);
 }
 
 async function tryAdopt(ctx: AgentContext, state: LiveSessionState): Promise<LiveSession | undefined> {

@@ -64,6 +64,23 @@ export async function readPidFile(stateDir: string, agentName: string): Promise<
   }
 }
 
+/**
+ * The pid of another live runit-agent process that holds this agent name's pid file, if any.
+ * A stale pid file (process gone, or the pid now belongs to a process that is not runit-agent,
+ * judged from /proc/<pid>/cmdline where it exists) does not count.
+ */
+export async function runningAgentPid(stateDir: string, agentName: string, self = process.pid): Promise<number | undefined> {
+  const pid = await readPidFile(stateDir, agentName);
+  if (pid === undefined || pid === self) return undefined;
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EPERM") return undefined;
+  }
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => undefined);
+  return cmdline === undefined || cmdline.includes("runit-agent") ? pid : undefined;
+}
+
 /** Removes the pid file if it still names `pid`. */
 export async function removePidFile(stateDir: string, agentName: string, pid = process.pid): Promise<void> {
   if ((await readPidFile(stateDir, agentName)) === pid) await rm(pidFilePath(stateDir, agentName), { force: true });
