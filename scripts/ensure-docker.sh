@@ -6,6 +6,14 @@ set -euo pipefail
 
 engine_answers() { docker info >/dev/null 2>&1; }
 
+# The agent's host firewall needs iptables; the relay's tunnel-cut test needs ss (iproute2).
+if [ "$(id -u)" = "0" ] && { ! command -v iptables >/dev/null 2>&1 || ! command -v ss >/dev/null 2>&1; }; then
+  echo "[docker] installing iptables and iproute2..."
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq iptables iproute2 >/dev/null
+fi
+
 if engine_answers; then
   echo "[docker] engine answers"
   exit 0
