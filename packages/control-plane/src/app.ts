@@ -1,4 +1,4 @@
-import type { IncomingMessage } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { RunitError } from "@runit/protocol";
 import cors from "cors";
@@ -33,6 +33,8 @@ export interface RelayContext {
 export interface RelayPlugin {
   /** Mounted at `/s/:sessionId`, ahead of helmet, CORS and the JSON parser (bodies arrive unread). */
   handleHttp: RequestHandler;
+  /** Optional fast path ahead of Express: serves `/s/<id>/...` and returns true, or false to let Express route it. */
+  handleRequest?(req: IncomingMessage, res: ServerResponse): boolean;
   /** Offered every WebSocket upgrade; returns true when it took the socket. */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean;
   close(): Promise<void>;

@@ -53,7 +53,19 @@ export async function startServer(options: StartServerOptions = {}): Promise<Run
     store.close();
     throw err;
   }
-  const server = createServer(runit.app);
+  // The relay's fast path: renter traffic on /s/<id>/... skips Express (its routing cost is most
+  // of a small relayed request's control-plane time); everything else goes to the app.
+  const relayFast = runit.relay?.handleRequest?.bind(runit.relay);
+  const server = createServer((req, res) => {
+    if (relayFast) {
+      // Counted like the app counts its own requests (its first middleware).
+      const count = (): void => runit.metrics.httpRequests.inc({ method: req.method ?? "", status: String(res.statusCode) });
+      res.once("finish", count);
+      if (relayFast(req, res)) return;
+      res.off("finish", count);
+    }
+    void runit.app(req, res);
+  });
   server.on("upgrade", (req, socket, head) => {
     // A reset socket must not crash the process before (or after) someone takes it.
     socket.on("error", () => socket.destroy());

@@ -1,4 +1,4 @@
-import type { IncomingMessage } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { AGENT_TUNNEL_PATH, DEFAULT_STREAM_WINDOW_BYTES, toRunitError } from "@runit/protocol";
 import { RelayMeter } from "./relayMeter.js";
@@ -36,6 +36,11 @@ export function createRelay(ctx: RelayContext, options: RelayOptions = {}): Rela
 
   return {
     handleHttp: (req, res) => renter.handleHttp(req, res),
+    handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
+      if (!renter.claims(req.url ?? "")) return false;
+      renter.handleHttp(req, res);
+      return true;
+    },
     handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
       const path = (req.url ?? "").split("?")[0];
       if (path === AGENT_TUNNEL_PATH) {

@@ -25,7 +25,24 @@ export class RenterRelay {
     private readonly windowBytes: number,
   ) {}
 
-  /** Relays one HTTP request (Express handler mounted at `/s/:sessionId`). */
+  /**
+   * True when `url` is a session path the relay can serve straight from the server's 'request'
+   * listener, ahead of Express. Anything else (a segment Express would refuse as a bad escape,
+   * `/S/...`, `/s//...`) still goes through Express and its mount at `/s/:sessionId`.
+   */
+  claims(url: string): boolean {
+    if (!url.startsWith("/s/")) return false;
+    const match = SESSION_PATH.exec(url);
+    if (!match) return false;
+    try {
+      decodeURIComponent(match[1] as string); // Express answers 400 for a malformed escape
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Relays one HTTP request (Express handler mounted at `/s/:sessionId`, or the fast path). */
   handleHttp(req: IncomingMessage & { originalUrl?: string }, res: ServerResponse): void {
     const url = req.originalUrl ?? req.url ?? "/";
     const match = SESSION_PATH.exec(url);
@@ -159,5 +176,7 @@ function abortError(code: TunnelErrorCode, message: string): RunitError {
 function sendError(res: ServerResponse, error: RunitError): void {
   if (res.headersSent) return void res.destroy();
   const body: ErrorBody = error.toBody();
-  res.writeHead(error.status, { "Content-Type": "application/json; charset=utf-8" }).end(JSON.stringify(body));
+  res
+    .writeHead(error.status, { "Content-Type": "application/json; charset=utf-8", "X-Content-Type-Options": "nosniff" })
+    .end(JSON.stringify(body));
 }

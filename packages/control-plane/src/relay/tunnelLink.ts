@@ -157,7 +157,8 @@ export class TunnelStream {
     sink.write(payload, (err) => {
       if (err) return;
       this.meter.onReceived?.(payload.length);
-      if (this.closed) return;
+      // Credit after the peer's `end` is useless (it sends nothing more): one frame less per request.
+      if (this.closed || this.peerEndReceived) return;
       const grant = this.receiveWindow.consume(payload.length);
       if (grant > 0) this.link.send({ type: "credit", streamId: this.id, bytes: grant });
     });

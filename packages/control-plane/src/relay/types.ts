@@ -1,4 +1,4 @@
-import type { IncomingMessage } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { RequestHandler } from "express";
 import type { EndReason, RunitError, SecurityEvent } from "@runit/protocol";
@@ -53,6 +53,12 @@ export interface RelayOptions {
 export interface RelayPlugin {
   /** Mounted at `/s/:sessionId` (before any body parser): relays renter HTTP requests. */
   handleHttp: RequestHandler;
+  /**
+   * The fast path: called by the server's 'request' listener before Express; serves a session
+   * path (same checks, same answers as `handleHttp`) and returns true, or returns false and
+   * leaves the request to Express.
+   */
+  handleRequest(req: IncomingMessage, res: ServerResponse): boolean;
   /** Takes `/agent/tunnel` and `/s/<id>/...` upgrades; false for any other path. */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean;
   /** Drops every tunnel and stream and stops the timers. */
