@@ -73,11 +73,12 @@ async function measure(target, path, concurrency) {
   const elapsed = (performance.now() - t0) / 1000;
   // CPU per request of the proxy's own processes: robust on a busy machine, where wall-clock
   // figures swing with whatever else runs.
-  const cpuPerReq = target.pids.reduce((sum, pid, i) => sum + cpuMs(pid) - cpuBefore[i], 0) / Math.max(1, latencies.length);
+  const cpuSplit = target.pids.map((pid, i) => (cpuMs(pid) - cpuBefore[i]) / Math.max(1, latencies.length));
+  const cpuPerReq = cpuSplit.reduce((sum, ms) => sum + ms, 0);
   agent.destroy();
   latencies.sort((a, b) => a - b);
   const pct = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
-  return { requests: latencies.length, rps: latencies.length / elapsed, mibps: bytes / elapsed / 1048576, p50: pct(0.5), p99: pct(0.99), cpuMsPerReq: cpuPerReq };
+  return { requests: latencies.length, rps: latencies.length / elapsed, mibps: bytes / elapsed / 1048576, p50: pct(0.5), p99: pct(0.99), cpuMsPerReq: cpuPerReq, cpuSplit };
 }
 
 async function waitHttp(port, path, headers, timeoutMs) {
@@ -219,7 +220,8 @@ async function main() {
     results.push(row);
     const fmt = (r) =>
       `${r.rps.toFixed(0).padStart(6)} req/s ${r.mibps.toFixed(1).padStart(7)} MiB/s p50 ${r.p50.toFixed(2).padStart(7)} ms p99 ${r.p99.toFixed(2).padStart(7)} ms` +
-      (r.cpuMsPerReq > 0 ? `  proxy CPU ${(r.cpuMsPerReq * 1000).toFixed(0).padStart(5)} µs/req` : "");
+      (r.cpuMsPerReq > 0 ? `  proxy CPU ${(r.cpuMsPerReq * 1000).toFixed(0).padStart(5)} µs/req` : "") +
+      (r.cpuSplit.length > 1 ? ` (control plane ${(r.cpuSplit[0] * 1000).toFixed(0)} + agent ${(r.cpuSplit[1] * 1000).toFixed(0)})` : "");
     console.log(`\n${scenario.name}`);
     for (const target of targets) console.log(`  ${target.name.padEnd(7)}${fmt(row[target.name])}`);
     console.log(
