@@ -1,18 +1,19 @@
 import { Command, Option } from "commander";
 import { systemClock } from "./clock.js";
 import { ConfigError, loadConfig } from "./config.js";
+import { revokeProviderKey } from "./keyRevocation.js";
 import { createSecurityLog, type SecurityLog } from "./securityLog.js";
 import { createRelay } from "./relay/index.js"; // relay (issue 4): the built-in relay is always on
 import { startServer } from "./server.js";
 import { RunitDatabase } from "./store/database.js";
 import { ProviderKeyStore } from "./store/providerKeys.js";
 
-function withStore<T>(dbOption: string | undefined, fn: (keys: ProviderKeyStore, log: SecurityLog) => T): T {
+function withStore<T>(dbOption: string | undefined, fn: (keys: ProviderKeyStore, log: SecurityLog, db: RunitDatabase) => T): T {
   const dbPath = dbOption ?? loadConfig(process.env).dbPath;
   const store = RunitDatabase.open(dbPath);
   try {
     const log = createSecurityLog({ writer: process.stdout, store, clock: systemClock });
-    return fn(new ProviderKeyStore(store), log);
+    return fn(new ProviderKeyStore(store), log, store);
   } finally {
     store.close();
   }
@@ -66,17 +67,18 @@ function buildProgram(): Command {
     });
   keys
     .command("revoke <id>")
-    .description("revoke a provider key: it can no longer register sessions")
+    .description("revoke a provider key: it can no longer register sessions, and its live sessions end (OPERATOR)")
     .addOption(dbOption())
     .action((id: string, opts: { db?: string }) => {
-      withStore(opts.db, (store, log) => {
-        if (!store.revoke(id, Date.now())) {
+      withStore(opts.db, (_keys, log, store) => {
+        const result = revokeProviderKey({ store, securityLog: log, clock: systemClock }, id);
+        if (!result.revoked) {
           process.stderr.write(`no live provider key with id ${id}\n`);
           process.exitCode = 1;
           return;
         }
-        log("PROVIDER_KEY_REVOKED", { keyId: id });
-        process.stdout.write(`revoked provider key ${id}\n`);
+        const n = result.endedSessions.length;
+        process.stdout.write(`revoked provider key ${id}; ended ${n} live session${n === 1 ? "" : "s"}\n`);
       });
     });
   return program;

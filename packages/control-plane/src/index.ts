@@ -10,6 +10,7 @@ export type { SessionEndedListener, SessionRules } from "./sessionLifecycle.js";
 export type { SessionRecord, LockRecord } from "./store/sessionStore.js";
 export { RunitDatabase } from "./store/database.js";
 export { ProviderKeyStore, type ProviderKeyRecord } from "./store/providerKeys.js";
+export { revokeProviderKey, type KeyRevocation } from "./keyRevocation.js";
 export { validateProviderUrl, type ProviderUrlCheck, type ProviderUrlRefusal } from "./providerUrl.js";
 export { resolveClientIp, parseTrustProxy, normalizeIp, type TrustProxy } from "./clientIp.js";
 export { hashSecret, newSecret, bearerToken } from "./secretTokens.js";

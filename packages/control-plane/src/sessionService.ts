@@ -78,6 +78,8 @@ export class SessionService extends RelayAccess {
     const secret = newSecret();
     const now = this.clock.now();
     this.store.durable(() => {
+      // The operator may have revoked the key since it was checked (the CLI is another process).
+      if (this.keys.get(key.id)?.revokedAt != null) throw new RunitError("INVALID_PROVIDER_KEY");
       if (this.sessionsDb.exists(sessionId)) {
         throw new RunitError("SESSION_ID_TAKEN");
       }

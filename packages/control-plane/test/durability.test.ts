@@ -82,7 +82,7 @@ describe("the runit-control-plane CLI", () => {
     const id = list.stdout.split("\n").find((l) => l.includes("to-revoke"))?.split("\t")[0] ?? "";
     const revoked = cli(["keys", "revoke", id]);
     expect(revoked.status).toBe(0);
-    expect(revoked.stdout).toMatch(new RegExp(`^\\[SECURITY\\] \\S+ - PROVIDER_KEY_REVOKED: \\{"keyId":"${id}"\\}\\nrevoked provider key ${id}\\n$`));
+    expect(revoked.stdout).toMatch(new RegExp(`^\\[SECURITY\\] \\S+ - PROVIDER_KEY_REVOKED: \\{"keyId":"${id}","sessionsEnded":0\\}\\nrevoked provider key ${id}; ended 0 live sessions\\n$`));
     expect(cli(["keys", "revoke", id]).status).toBe(1);
   });
 

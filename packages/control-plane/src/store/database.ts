@@ -29,14 +29,17 @@ export class RunitDatabase {
     return new RunitDatabase(db);
   }
 
-  /** Runs `fn` in one transaction committed with an fsync of the WAL (synchronous=FULL). */
+  /** Runs `fn` in one IMMEDIATE transaction committed with an fsync of the WAL (synchronous=FULL). */
   durable<T>(fn: () => T): T {
     this.assertOpen();
     if (this.inDurable || this.db.inTransaction) return this.db.transaction(fn)();
     this.inDurable = true;
     this.db.pragma("synchronous = FULL");
     try {
-      return this.db.transaction(fn)();
+      // IMMEDIATE takes the write lock up front (waiting on busy_timeout): a deferred transaction
+      // that reads first fails with SQLITE_BUSY if another process (the operator CLI) commits
+      // between its read and its first write.
+      return this.db.transaction(fn).immediate();
     } finally {
       this.db.pragma("synchronous = NORMAL");
       this.inDurable = false;

@@ -20,6 +20,8 @@ export interface SessionRecord {
   providerSeenAt: number;
   bandwidthWindowStart: number;
   bandwidthBytes: number;
+  /** True once the operator has revoked the provider key the session was registered with. */
+  keyRevoked: boolean;
 }
 
 /** The live lock of a session. */
@@ -61,6 +63,7 @@ interface SessionRow {
   provider_seen_at: number;
   bw_window_start: number;
   bw_bytes: number;
+  key_revoked: number;
 }
 
 interface LockRow {
@@ -87,6 +90,7 @@ function toSession(row: SessionRow): SessionRecord {
     providerSeenAt: row.provider_seen_at,
     bandwidthWindowStart: row.bw_window_start,
     bandwidthBytes: row.bw_bytes,
+    keyRevoked: row.key_revoked === 1,
   };
 }
 
@@ -95,7 +99,8 @@ function toLock(row: LockRow): LockRecord {
 }
 
 const SESSION_COLUMNS = `id, provider_key_id, provider_id, registered_ip, tunnel_kind, public_url, hardware, pricing,
-  status, end_reason, created_at, ended_at, provider_seen_at, bw_window_start, bw_bytes`;
+  status, end_reason, created_at, ended_at, provider_seen_at, bw_window_start, bw_bytes,
+  (SELECT revoked_at IS NOT NULL FROM provider_keys WHERE provider_keys.id = sessions.provider_key_id) AS key_revoked`;
 
 /** SQL for sessions and locks. Callers wrap state changes in `RunitDatabase.durable`. */
 export class SessionStore {
@@ -177,6 +182,14 @@ export class SessionStore {
   live(): SessionRecord[] {
     return (
       this.sql(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE status <> 'ENDED' ORDER BY created_at, rowid`).all() as SessionRow[]
+    ).map(toSession);
+  }
+
+  /** Sessions registered with provider key `keyId` that have not ended, oldest first. */
+  liveOfKey(keyId: string): SessionRecord[] {
+    return (
+      this.sql(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE provider_key_id = ? AND status <> 'ENDED' ORDER BY created_at, rowid`)
+        .all(keyId) as SessionRow[]
     ).map(toSession);
   }
 
