@@ -27,6 +27,12 @@ export default tseslint.config(
     rules: { "no-restricted-imports": ["error", { patterns: ["@runit/agent", "**/packages/agent/**"] }] },
   },
   {
+    files: ["packages/relay-link/**/*.ts"],
+    rules: {
+      "no-restricted-imports": ["error", { patterns: ["@runit/agent", "@runit/control-plane", "**/packages/agent/**", "**/control-plane/**"] }],
+    },
+  },
+  {
     files: ["packages/protocol/**/*.ts"],
     rules: {
       "no-restricted-imports": [

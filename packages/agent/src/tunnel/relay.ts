@@ -8,7 +8,7 @@ import {
   maskSecret,
 } from "@runit/protocol";
 import type { AgentLogger } from "../logger.js";
-import { TunnelLink } from "./relayLink.js";
+import { TunnelLink } from "@runit/relay-link";
 import { RelayUpstream, type UpstreamCounters } from "./relayUpstream.js";
 import type { SessionTunnel, TunnelAttachment, TunnelEvent } from "./types.js";
 

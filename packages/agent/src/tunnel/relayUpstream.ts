@@ -1,7 +1,7 @@
 import { Agent, request, type ClientRequest, type IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import type { HeaderList, OpenFrame } from "@runit/protocol";
-import type { TunnelLink, TunnelStream } from "./relayLink.js";
+import type { TunnelLink, TunnelStream } from "@runit/relay-link";
 
 // Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection; never relayed.
 const HOP_BY_HOP = new Set([

@@ -11,7 +11,7 @@ import { rawResponseHead, writeRawError } from "./rawHttp.js";
 import { readCookie, requestHeadersForTunnel, responseHeadersForRenter } from "./relayHeaders.js";
 import type { RelayMeter } from "./relayMeter.js";
 import type { TunnelHub } from "./tunnelHub.js";
-import type { TunnelStream } from "./tunnelLink.js";
+import type { TunnelStream } from "@runit/relay-link";
 import type { RelayContext } from "./types.js";
 
 const SESSION_PATH = /^\/s\/([^/?#]+)(\/[^?#]*)?(\?.*)?$/;

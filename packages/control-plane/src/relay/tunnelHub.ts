@@ -12,7 +12,7 @@ import {
   toRunitError,
   type TunnelErrorCode,
 } from "@runit/protocol";
-import { TunnelLink } from "./tunnelLink.js";
+import { TunnelLink } from "@runit/relay-link";
 import { writeRawError } from "./rawHttp.js";
 import type { RelayContext } from "./types.js";
 

@@ -1,5 +1,3 @@
-// Kept identical in packages/agent/src/tunnel/relayFrameSlabs.ts (see tunnelLink.ts / relayLink.ts).
-
 interface Slab {
   mem: Buffer;
   used: number;

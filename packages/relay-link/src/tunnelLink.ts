@@ -1,6 +1,6 @@
-// The stream multiplexer of one relay tunnel WebSocket. The control plane keeps an identical copy
-// in packages/control-plane/src/relay/tunnelLink.ts: @runit/protocol holds the wire format and the credit
-// arithmetic but no I/O, and the two packages may not import each other.
+// The stream multiplexer of one relay tunnel WebSocket, used by both ends: the control plane
+// (renter side) and the agent (Jupyter side). @runit/protocol holds the wire format and the credit
+// arithmetic but no I/O; this package adds the sockets.
 import type { Socket } from "node:net";
 import type { Readable, Writable } from "node:stream";
 import type { WebSocket } from "ws";
@@ -18,7 +18,7 @@ import {
   type TunnelControlFrame,
   type TunnelErrorCode,
 } from "@runit/protocol";
-import { FrameSlabs } from "./relayFrameSlabs.js";
+import { FrameSlabs } from "./frameSlabs.js";
 
 /** What the owner of a link reacts to; data, credit, end and abort are handled by the link. */
 export interface TunnelLinkHandlers {

@@ -1,0 +1,2 @@
+export * from "./frameSlabs.js";
+export * from "./tunnelLink.js";
