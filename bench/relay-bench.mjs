@@ -96,7 +96,10 @@ async function waitHttp(port, path, headers, timeoutMs) {
 
 function spawnChild(cmd, args, env = {}) {
   // BENCH_PROFILE=<dir>: CPU profiles of the relay's processes (control plane and agent).
-  if (process.env.BENCH_PROFILE && cmd === "node" && !args[0].endsWith("plain-target.mjs")) args = [`--cpu-prof`, `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, ...args];
+  const relayProcess = cmd === "node" && !args[0].endsWith("plain-target.mjs");
+  if (process.env.BENCH_PROFILE && relayProcess) args = [`--cpu-prof`, `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, ...args];
+  // BENCH_TRACE_GC=1: count the relay processes' garbage collections (printed at the end).
+  if (process.env.BENCH_TRACE_GC && relayProcess) args = ["--trace-gc", ...args];
   const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "inherit"] });
   children.push(child);
   let out = "";
@@ -231,6 +234,13 @@ async function main() {
   }
   const verdict = results.every((r) => r.relay.rps >= r.chp.rps * 0.95) ? "MET" : "NOT MET";
   console.log(`\ntarget (relay's two hops at least match CHP's one, throughput within 5%): ${verdict}`);
+  if (process.env.BENCH_TRACE_GC) {
+    for (const [name, proc] of [["control plane", cp], ["agent", agent]]) {
+      const out = proc.output();
+      if (process.env.BENCH_TRACE_GC !== "1") writeFileSync(join(process.env.BENCH_TRACE_GC, `${name.replace(" ", "-")}.log`), out);
+      console.log(`gc ${name}: ${(out.match(/Mark-Compact/g) ?? []).length} mark-compacts, ${(out.match(/Scavenge/g) ?? []).length} scavenges`);
+    }
+  }
   console.log(`JSON ${JSON.stringify(results.map((r) => ({ scenario: r.scenario, ...Object.fromEntries(targets.map((t) => [t.name, { rps: +r[t.name].rps.toFixed(1), mibps: +r[t.name].mibps.toFixed(2), p50: +r[t.name].p50.toFixed(3), p99: +r[t.name].p99.toFixed(3), cpuUsPerReq: Math.round(r[t.name].cpuMsPerReq * 1000) }])) })))}`);
 }
 
