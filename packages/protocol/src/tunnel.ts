@@ -19,7 +19,7 @@ export const DATA_FRAME_KIND = 0x01;
 /** Bytes before the payload of a binary data frame. */
 export const DATA_FRAME_HEADER_BYTES = 5;
 /** Largest payload of one data frame; bigger chunks are split. */
-export const MAX_DATA_FRAME_PAYLOAD = 16 * 1024;
+export const MAX_DATA_FRAME_PAYLOAD = 8 * 1024;
 /** Default receive window of one stream, in bytes. */
 export const DEFAULT_STREAM_WINDOW_BYTES = 1024 * 1024;
 /** Most streams one tunnel carries at once; more are refused with TOO_MANY_STREAMS. */
