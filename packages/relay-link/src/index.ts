@@ -1,2 +1,3 @@
 export * from "./frameSlabs.js";
 export * from "./tunnelLink.js";
+export * from "./hopByHop.js";

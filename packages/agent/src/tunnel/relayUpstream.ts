@@ -1,20 +1,7 @@
 import { Agent, request, type ClientRequest, type IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import type { HeaderList, OpenFrame } from "@runit/protocol";
-import type { TunnelLink, TunnelStream } from "@runit/relay-link";
-
-// Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection; never relayed.
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-]);
+import { HOP_BY_HOP_HEADERS, type TunnelLink, type TunnelStream } from "@runit/relay-link";
 
 /** Where relayed requests go: the session's Jupyter on 127.0.0.1. */
 export interface UpstreamTarget {
@@ -45,7 +32,7 @@ export function upstreamHeaders(headers: HeaderList, target: UpstreamTarget, upg
   const flat: string[] = [];
   for (const [name, value] of headers) {
     const lower = name.toLowerCase();
-    if (lower === "authorization" || lower === "cookie" || lower === "host" || HOP_BY_HOP.has(lower)) continue;
+    if (lower === "authorization" || lower === "cookie" || lower === "host" || HOP_BY_HOP_HEADERS.has(lower)) continue;
     flat.push(name, lower === "origin" ? `http://${origin}` : value);
   }
   flat.push("Host", origin, "Authorization", `token ${target.token}`);
@@ -58,7 +45,7 @@ function responseHeaders(raw: string[], status: number): HeaderList {
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i] as string;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) && !(status === 101 && (lower === "upgrade" || lower === "connection"))) continue;
+    if (HOP_BY_HOP_HEADERS.has(lower) && !(status === 101 && (lower === "upgrade" || lower === "connection"))) continue;
     list.push([name, raw[i + 1] as string]);
   }
   return list;

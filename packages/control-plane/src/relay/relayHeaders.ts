@@ -1,17 +1,5 @@
 import type { HeaderList } from "@runit/protocol";
-
-// Hop-by-hop headers (RFC 9110 §7.6.1) are the business of each connection, never relayed.
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-]);
+import { HOP_BY_HOP_HEADERS } from "@runit/relay-link";
 
 // The renter's credentials for the control plane (the runit_access cookie, any Authorization)
 // must never reach Jupyter: the agent authenticates to Jupyter with its own token.
@@ -27,7 +15,7 @@ function pairs(raw: string[]): HeaderList {
 export function requestHeadersForTunnel(rawHeaders: string[], upgrade: boolean): HeaderList {
   const kept = pairs(rawHeaders).filter(([name]) => {
     const lower = name.toLowerCase();
-    return !RENTER_CREDENTIALS.has(lower) && !HOP_BY_HOP.has(lower);
+    return !RENTER_CREDENTIALS.has(lower) && !HOP_BY_HOP_HEADERS.has(lower);
   });
   if (upgrade) kept.push(["Connection", "Upgrade"], ["Upgrade", "websocket"]);
   return kept;
@@ -38,7 +26,7 @@ export function responseHeadersForRenter(headers: HeaderList, status: number): H
   return headers.filter(([name]) => {
     const lower = name.toLowerCase();
     if (status === 101 && (lower === "upgrade" || lower === "connection")) return true;
-    return !HOP_BY_HOP.has(lower);
+    return !HOP_BY_HOP_HEADERS.has(lower);
   });
 }
 
