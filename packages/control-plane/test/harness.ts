@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "vitest";
+import { RELAY_COOKIE_NAME } from "@runit/protocol";
 import { readAudit, startServer, type RunningServer, type ServerConfig, type StartServerOptions } from "../src/index.js";
 import { ProviderKeyStore } from "../src/store/providerKeys.js";
 
@@ -184,4 +185,14 @@ export async function connectRenter(server: TestServer, sessionId: string, from 
   const token = (reply.json as { accessToken: string }).accessToken;
   rememberSecret(token);
   return token;
+}
+
+/** Connects a renter and follows `/access/:token`; returns the relay cookie pair (`runit_access=…`). */
+export async function relayCookieFor(server: TestServer, sessionId: string): Promise<string> {
+  const token = await connectRenter(server, sessionId);
+  const access = await call(server.url, "GET", `/access/${token}`);
+  const setCookie = ([] as string[]).concat(access.headers["set-cookie"] ?? []);
+  const cookie = setCookie.map((c) => c.split(";")[0] ?? "").find((c) => c.startsWith(`${RELAY_COOKIE_NAME}=`)) ?? "";
+  expect(cookie).not.toBe("");
+  return cookie;
 }

@@ -1,9 +1,8 @@
 import { connect } from "node:net";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { RELAY_COOKIE_NAME } from "@runit/protocol";
 import { createRelay } from "../src/relay/index.js";
-import { call, connectRenter, registerSession, startTestServer, stopAll, type TestServer } from "./harness.js";
+import { call, registerSession, relayCookieFor, startTestServer, stopAll, type TestServer } from "./harness.js";
 import { FUZZ_SEED, INPUTS_PER_SCHEMA, UNLIMITED, createSender, statusHistogram, unexpected, type FuzzOutcome } from "./propertyFuzz.js";
 
 // Property: hostile `/s/<sessionId>/...` paths — as plain HTTP and as WebSocket upgrades, with and
@@ -57,11 +56,7 @@ describe("property: hostile relay paths never yield a 5xx or a crash", () => {
   beforeAll(async () => {
     server = await startTestServer({ rateLimits: UNLIMITED, shutdownDrainMs: 1000 }, { relay: (ctx) => createRelay(ctx) });
     ({ sessionId } = await registerSession(server));
-    const token = await connectRenter(server, sessionId);
-    const access = await call(server.url, "GET", `/access/${token}`);
-    const setCookie = ([] as string[]).concat(access.headers["set-cookie"] ?? []);
-    cookie = setCookie.map((c) => c.split(";")[0] ?? "").find((c) => c.startsWith(`${RELAY_COOKIE_NAME}=`)) ?? "";
-    expect(cookie).not.toBe("");
+    cookie = await relayCookieFor(server, sessionId);
   });
 
   afterAll(async () => {

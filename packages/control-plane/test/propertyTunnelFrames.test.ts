@@ -3,13 +3,12 @@ import { WebSocket, type RawData } from "ws";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   AGENT_TUNNEL_PATH,
-  RELAY_COOKIE_NAME,
   TUNNEL_ERROR_CODES,
   encodeDataFrame,
   relayBasePath,
 } from "@runit/protocol";
 import { createRelay } from "../src/relay/index.js";
-import { call, connectRenter, registerSession, startTestServer, stopAll, type TestServer } from "./harness.js";
+import { call, registerSession, relayCookieFor, startTestServer, stopAll, type TestServer } from "./harness.js";
 import { FUZZ_SEED, INPUTS_PER_SCHEMA, UNLIMITED, brokenJsonText, mutatedJson, type Json } from "./propertyFuzz.js";
 
 // Property: whatever an agent (or someone holding a session secret) sends over /agent/tunnel —
@@ -122,11 +121,7 @@ describe("property: hostile tunnel frames never crash the control plane", () => 
   beforeAll(async () => {
     server = await startTestServer({ rateLimits: UNLIMITED, shutdownDrainMs: 1000 }, { relay: (ctx) => createRelay(ctx) });
     ({ sessionId, sessionSecret: secret } = await registerSession(server));
-    const token = await connectRenter(server, sessionId);
-    const access = await call(server.url, "GET", `/access/${token}`);
-    const setCookie = ([] as string[]).concat(access.headers["set-cookie"] ?? []);
-    cookie = setCookie.map((c) => c.split(";")[0] ?? "").find((c) => c.startsWith(`${RELAY_COOKIE_NAME}=`)) ?? "";
-    expect(cookie).not.toBe("");
+    cookie = await relayCookieFor(server, sessionId);
   });
 
   afterAll(async () => {
