@@ -1,10 +1,19 @@
-// The agent's relay tunnel against a hand-driven control plane (a raw WebSocket server speaking
-// the tunnel protocol) and a local HTTP server standing in for Jupyter.
-import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+// The agent's relay tunnel against a hand-driven control plane (the `ws` package's server speaking
+// the tunnel protocol, so this also checks the agent's own WebSocket framing against an
+// independent implementation) and a local TCP server standing in for Jupyter.
+import { createServer, type Server } from "node:http";
+import { createServer as createTcpServer, type AddressInfo, type Server as TcpServer, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { WebSocketServer, type WebSocket } from "ws";
-import { asSecret, decodeTunnelFrame, encodeControlFrame, type TunnelFrame } from "@runit/protocol";
+import { WebSocketServer, type RawData, type WebSocket } from "ws";
+import {
+  DATA_FRAME_HEADER_BYTES,
+  asSecret,
+  decodeControlFrame,
+  decodeDataFrameHeader,
+  encodeControlFrame,
+  encodeDataFrameHeader,
+  type TunnelControlFrame,
+} from "@runit/protocol";
 import { createRelayTunnel, type RelayTunnel } from "../src/tunnel/relay.js";
 
 const SESSION_ID = "1e2d3c4b-5a69-4788-96a5-b4c3d2e1f0a9";
@@ -14,10 +23,10 @@ const TOKEN = "jupyter-token-0123456789";
 
 interface FakeControlPlane {
   url: string;
-  wss: WebSocketServer;
   dials: number[];
   authHeaders: string[];
-  frames: TunnelFrame[];
+  frames: TunnelControlFrame[];
+  bytes: Map<number, Buffer>;
   sockets: WebSocket[];
   refuse: boolean;
   close(): Promise<void>;
@@ -25,26 +34,23 @@ interface FakeControlPlane {
 
 async function startFakeControlPlane(options: { autoPong?: boolean } = {}): Promise<FakeControlPlane> {
   const server: Server = createServer((_req, res) => res.writeHead(404).end());
-  const wss = new WebSocketServer({ noServer: true, autoPong: options.autoPong ?? true });
-  const cp: FakeControlPlane = {
-    url: "",
-    wss,
-    dials: [],
-    authHeaders: [],
-    frames: [],
-    sockets: [],
-    refuse: false,
-    close: async () => undefined,
-  };
+  const wss = new WebSocketServer({ noServer: true, autoPong: options.autoPong ?? true, perMessageDeflate: false });
+  const cp: FakeControlPlane = { url: "", dials: [], authHeaders: [], frames: [], bytes: new Map(), sockets: [], refuse: false, close: async () => undefined };
   server.on("upgrade", (req, socket, head) => {
     cp.dials.push(Date.now());
     cp.authHeaders.push(req.headers.authorization ?? "");
     if (cp.refuse || req.url !== "/agent/tunnel") return void socket.end("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n");
     wss.handleUpgrade(req, socket, head, (ws) => {
       cp.sockets.push(ws);
-      ws.on("message", (data: Buffer, isBinary: boolean) => {
-        const decoded = decodeTunnelFrame(isBinary ? new Uint8Array(data) : data.toString());
-        if (decoded.ok) cp.frames.push(decoded.frame);
+      ws.on("message", (data: RawData, isBinary: boolean) => {
+        const buf = Buffer.from(data as Buffer);
+        if (!isBinary) {
+          const decoded = decodeControlFrame(buf.toString());
+          if (decoded.ok) cp.frames.push(decoded.frame);
+          return;
+        }
+        const header = decodeDataFrameHeader(buf.subarray(0, DATA_FRAME_HEADER_BYTES), buf.length - DATA_FRAME_HEADER_BYTES);
+        if (header.ok) cp.bytes.set(header.streamId, Buffer.concat([cp.bytes.get(header.streamId) ?? Buffer.alloc(0), buf.subarray(DATA_FRAME_HEADER_BYTES)]));
       });
     });
   });
@@ -58,31 +64,50 @@ async function startFakeControlPlane(options: { autoPong?: boolean } = {}): Prom
   return cp;
 }
 
-async function nextFrame<T extends TunnelFrame["type"]>(cp: FakeControlPlane, type: T, timeoutMs = 3000) {
+async function until<T>(get: () => T | undefined | false, what: string, timeoutMs = 3000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const index = cp.frames.findIndex((f) => f.type === type);
-    if (index >= 0) return cp.frames.splice(index, 1)[0] as Extract<TunnelFrame, { type: T }>;
+  for (;;) {
+    const value = get();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
-  throw new Error(`no ${type} frame within ${timeoutMs} ms`);
 }
 
-async function startJupyterStandIn(): Promise<{ port: number; headers: IncomingHttpHeaders[]; close(): Promise<void> }> {
-  const headers: IncomingHttpHeaders[] = [];
-  const server = createServer((req, res) => {
-    headers.push(req.headers);
-    res.writeHead(200, { "Content-Type": "text/plain", Connection: "keep-alive" }).end(`you asked for ${req.url}`);
+async function nextFrame<T extends TunnelControlFrame["type"]>(cp: FakeControlPlane, type: T) {
+  return until(() => {
+    const index = cp.frames.findIndex((f) => f.type === type);
+    return index >= 0 ? (cp.frames.splice(index, 1)[0] as Extract<TunnelControlFrame, { type: T }>) : undefined;
+  }, `a ${type} frame`);
+}
+
+/** A TCP server standing in for Jupyter: records what each connection received, answers as told. */
+interface JupyterStandIn {
+  port: number;
+  received: Buffer[];
+  ended: boolean[];
+  connections: Socket[];
+  close(): Promise<void>;
+}
+
+async function startJupyterStandIn(onConnection?: (socket: Socket) => void): Promise<JupyterStandIn> {
+  const standIn: JupyterStandIn = { port: 0, received: [], ended: [], connections: [], close: async () => undefined };
+  const server: TcpServer = createTcpServer({ allowHalfOpen: true }, (socket) => {
+    const index = standIn.connections.push(socket) - 1;
+    standIn.received[index] = Buffer.alloc(0);
+    standIn.ended[index] = false;
+    socket.on("data", (d: Buffer) => (standIn.received[index] = Buffer.concat([standIn.received[index] as Buffer, d])));
+    socket.on("end", () => (standIn.ended[index] = true));
+    socket.on("error", () => undefined);
+    onConnection?.(socket);
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    port: (server.address() as AddressInfo).port,
-    headers,
-    close: async () => {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
+  standIn.port = (server.address() as AddressInfo).port;
+  standIn.close = async () => {
+    for (const socket of standIn.connections) socket.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
   };
+  return standIn;
 }
 
 const cleanups: Array<() => Promise<void>> = [];
@@ -108,29 +133,32 @@ async function attach(cp: FakeControlPlane, jupyterPort: number, opts: Partial<P
   return tunnel;
 }
 
-function open(streamId: number, path: string, window = 512 * 1024) {
-  return encodeControlFrame({ type: "open", streamId, method: "GET", path, headers: [["Cookie", "runit_access=x"], ["Authorization", "Bearer renter"], ["Accept", "*/*"]], upgrade: false, window });
+function send(cp: FakeControlPlane, frame: TunnelControlFrame): void {
+  cp.sockets.at(-1)?.send(encodeControlFrame(frame));
+}
+
+function sendData(cp: FakeControlPlane, streamId: number, payload: string | Buffer): void {
+  cp.sockets.at(-1)?.send(Buffer.concat([Buffer.from(encodeDataFrameHeader(streamId)), Buffer.from(payload)]));
 }
 
 describe("relay tunnel (agent side)", () => {
-  it("dials out with the session secret and forwards a stream to Jupyter with Jupyter's token", async () => {
+  it("dials out with the session secret, says hello with Jupyter's port and token, and pipes a stream to Jupyter byte for byte", async () => {
     const cp = await startFakeControlPlane();
-    const jupyter = await startJupyterStandIn();
+    const jupyter = await startJupyterStandIn((socket) => socket.once("data", () => socket.end("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")));
     cleanups.push(cp.close, jupyter.close);
     const tunnel = await attach(cp, jupyter.port);
     await tunnel.waitConnected(3000);
     expect(cp.authHeaders).toEqual([`Bearer ${SECRET}`]);
-    cp.sockets[0]?.send(open(1, `${BASE}api/status?x=1`));
-    cp.sockets[0]?.send(encodeControlFrame({ type: "end", streamId: 1 })); // no request body
-    const response = await nextFrame(cp, "response");
-    expect(response).toMatchObject({ streamId: 1, status: 200 });
-    expect(response.headers.map(([n]) => n.toLowerCase())).not.toContain("connection");
-    const data = await nextFrame(cp, "data");
-    expect(Buffer.from(data.payload).toString()).toBe(`you asked for ${BASE}api/status?x=1`);
+    expect(await nextFrame(cp, "hello")).toEqual({ type: "hello", protocolVersion: 2, jupyterPort: jupyter.port, jupyterToken: TOKEN });
+    send(cp, { type: "open", streamId: 1, window: 512 * 1024 });
+    const request = `GET ${BASE}api/status HTTP/1.1\r\nHost: 127.0.0.1:${jupyter.port}\r\nAuthorization: token ${TOKEN}\r\n\r\n`;
+    sendData(cp, 1, request);
+    send(cp, { type: "end", streamId: 1 });
+    await until(() => cp.bytes.get(1)?.toString() === "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", "Jupyter's answer");
+    expect(jupyter.received[0]?.toString()).toBe(request); // the agent adds and removes nothing
     expect(await nextFrame(cp, "end")).toEqual({ type: "end", streamId: 1 });
-    expect(jupyter.headers[0]).toMatchObject({ authorization: `token ${TOKEN}`, host: `127.0.0.1:${jupyter.port}`, accept: "*/*" });
-    expect(jupyter.headers[0]?.cookie).toBeUndefined();
-    expect(tunnel.counters().txBytes).toBe(data.payload.byteLength);
+    await until(() => jupyter.ended[0], "the half close to reach Jupyter");
+    expect(tunnel.counters()).toMatchObject({ rxBytes: Buffer.byteLength(request), txBytes: 40 });
   });
 
   it("answers bad frames with typed errors and refuses streams it must not serve", async () => {
@@ -142,16 +170,15 @@ describe("relay tunnel (agent side)", () => {
     const ws = cp.sockets[0] as WebSocket;
     ws.send("{");
     expect(await nextFrame(cp, "error")).toEqual({ type: "error", code: "BAD_FRAME", message: "control frame is not JSON" });
-    ws.send(JSON.stringify({ type: "open", streamId: 0 }));
+    ws.send(JSON.stringify({ type: "open", streamId: 0, window: 65536 }));
     expect(await nextFrame(cp, "error")).toMatchObject({ code: "BAD_FRAME", message: expect.stringMatching(/^streamId: /) });
-    ws.send(open(2, "/s/another-session/api/status"));
-    expect(await nextFrame(cp, "abort")).toEqual({ type: "abort", streamId: 2, code: "FORBIDDEN_PATH", message: "path outside the session" });
-    ws.send(open(3, `${BASE}x`, 16 * 1024 * 1024));
+    send(cp, { type: "open", streamId: 3, window: 16 * 1024 * 1024 });
     expect(await nextFrame(cp, "abort")).toEqual({ type: "abort", streamId: 3, code: "FLOW_CONTROL", message: "window too large" });
-    // A path http.request would throw on is refused by the schema, not by a crash.
-    ws.send(encodeControlFrame({ type: "open", streamId: 4, method: "GET", path: `${BASE}a b`, headers: [], upgrade: false, window: 512 * 1024 }));
-    expect(await nextFrame(cp, "abort")).toMatchObject({ streamId: 4, code: "BAD_FRAME", message: expect.stringMatching(/^path: /) });
-    expect(jupyter.headers).toHaveLength(0);
+    send(cp, { type: "open", streamId: 4, window: 65536 });
+    send(cp, { type: "open", streamId: 4, window: 65536 });
+    expect(await nextFrame(cp, "abort")).toEqual({ type: "abort", streamId: 4, code: "DUPLICATE_STREAM", message: "stream id in use" });
+    send(cp, { type: "hello", protocolVersion: 2, jupyterPort: 1, jupyterToken: "x".repeat(16) });
+    expect(await nextFrame(cp, "error")).toEqual({ type: "error", code: "BAD_FRAME", message: "hello not accepted here" });
     expect(tunnel.connected).toBe(true);
   });
 
@@ -162,9 +189,24 @@ describe("relay tunnel (agent side)", () => {
     await gone.close();
     const tunnel = await attach(cp, gone.port);
     await tunnel.waitConnected(3000);
-    cp.sockets[0]?.send(open(7, `${BASE}api/status`));
-    cp.sockets[0]?.send(encodeControlFrame({ type: "end", streamId: 7 }));
-    expect(await nextFrame(cp, "abort")).toMatchObject({ streamId: 7, code: "UPSTREAM_UNREACHABLE" });
+    send(cp, { type: "open", streamId: 7, window: 65536 });
+    expect(await nextFrame(cp, "abort")).toMatchObject({ streamId: 7, code: "UPSTREAM_UNREACHABLE", message: expect.stringMatching(/^Jupyter unreachable: /) });
+  });
+
+  it("never sends Jupyter's bytes beyond the credit granted, and resumes when credit comes", async () => {
+    const cp = await startFakeControlPlane();
+    const big = Buffer.alloc(4 * 1024 * 1024, 5);
+    const jupyter = await startJupyterStandIn((socket) => socket.end(big));
+    cleanups.push(cp.close, jupyter.close);
+    const tunnel = await attach(cp, jupyter.port);
+    await tunnel.waitConnected(3000);
+    send(cp, { type: "open", streamId: 9, window: 65536 });
+    await until(() => (cp.bytes.get(9)?.length ?? 0) >= 65536, "the first window");
+    await new Promise((r) => setTimeout(r, 200));
+    expect(cp.bytes.get(9)?.length).toBe(65536);
+    send(cp, { type: "credit", streamId: 9, bytes: big.length - 65536 });
+    await until(() => cp.bytes.get(9)?.length === big.length, "the rest");
+    expect(cp.bytes.get(9)?.equals(big)).toBe(true);
   });
 
   it("redials with growing backoff while the control plane refuses, and stops when closed", async () => {

@@ -1,5 +1,5 @@
 /** Bumped when a wire shape changes incompatibly; the agent sends it, the server checks it. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 const SECOND = 1000;
 const MINUTE = 60 * SECOND;

@@ -1,35 +1,47 @@
 import { z } from "zod";
 
-// Frames of the relay tunnel (`GET /agent/tunnel`, issue 4). One WebSocket per session carries
-// many streams (one per relayed HTTP request or upgraded WebSocket). Control frames are JSON text
-// messages, a discriminated union on `type`; body bytes travel in binary data frames:
+// Frames of the relay tunnel (`GET /agent/tunnel`, issue 4). The agent dials ONE WebSocket per
+// session out to the control plane. It carries many *streams*; a stream is one TCP connection
+// that the agent opens to the session's Jupyter on 127.0.0.1 when the control plane asks for it.
+// The control plane speaks HTTP/1.1 over its streams itself (a keep-alive pool per tunnel), so a
+// relayed request on an existing connection costs no control frame at all, and the agent is a
+// byte pipe that parses nothing a renter sends.
+//
+// Control frames are JSON text messages, a discriminated union on `type`. Bytes travel in binary
+// data frames:
 //
 //   byte 0      DATA_FRAME_KIND (0x01)
 //   bytes 1..4  streamId, uint32 big-endian
 //   bytes 5..   payload (at most MAX_DATA_FRAME_PAYLOAD bytes)
 //
-// Flow control is credit-based per stream and per direction: `open.window` is the initial window
-// of both directions of the stream (the control plane must be able to send a request body before
-// any response exists). Each receiver returns `credit` frames as it hands bytes on to their
-// consumer; a sender never has more than the granted credit in flight, so neither end buffers
-// more than one window per stream, whatever the speed of the renter or of Jupyter.
+// A receiver may hand a data frame's payload on in pieces as they arrive (no frame is ever
+// collected whole), so the size of a frame costs no memory on the receiving side.
+//
+// Flow control is credit-based per stream and per direction: `open.window` is the initial credit
+// of both directions. Each receiver returns `credit` frames as it hands bytes on to their consumer;
+// a sender never has more than the granted credit in flight, so neither end buffers more than one
+// window per stream, whatever the speed of the renter or of Jupyter.
 
 /** Kind byte of a binary data frame. */
 export const DATA_FRAME_KIND = 0x01;
 /** Bytes before the payload of a binary data frame. */
 export const DATA_FRAME_HEADER_BYTES = 5;
 /** Largest payload of one data frame; bigger chunks are split. */
-export const MAX_DATA_FRAME_PAYLOAD = 8 * 1024;
+export const MAX_DATA_FRAME_PAYLOAD = 256 * 1024;
 /** Default receive window of one stream, in bytes. */
 export const DEFAULT_STREAM_WINDOW_BYTES = 1024 * 1024;
-/** Most streams one tunnel carries at once; more are refused with TOO_MANY_STREAMS. */
+/** Most streams (upstream connections) one tunnel carries at once; more are refused. */
 export const MAX_STREAMS_PER_TUNNEL = 512;
-/** Largest JSON control frame accepted (headers included). */
-export const MAX_CONTROL_FRAME_BYTES = 256 * 1024;
+/** Largest JSON control frame accepted. */
+export const MAX_CONTROL_FRAME_BYTES = 16 * 1024;
+/** Largest WebSocket message either end accepts on the tunnel. */
+export const MAX_TUNNEL_MESSAGE_BYTES = DATA_FRAME_HEADER_BYTES + MAX_DATA_FRAME_PAYLOAD;
 /** WebSocket close code the control plane uses when a newer tunnel replaces an older one. */
 export const TUNNEL_CLOSE_REPLACED = 4000;
 /** WebSocket close code the control plane uses when the session ended. */
 export const TUNNEL_CLOSE_SESSION_ENDED = 4001;
+/** WebSocket close code the control plane uses when the agent's hello is missing or unusable. */
+export const TUNNEL_CLOSE_BAD_HELLO = 4002;
 
 /** Why a stream was aborted or a frame refused. */
 export const TUNNEL_ERROR_CODES = [
@@ -38,7 +50,6 @@ export const TUNNEL_ERROR_CODES = [
   "DUPLICATE_STREAM",
   "FLOW_CONTROL",
   "TOO_MANY_STREAMS",
-  "FORBIDDEN_PATH",
   "UPSTREAM_UNREACHABLE",
   "UPSTREAM_ERROR",
   "CLIENT_GONE",
@@ -52,44 +63,34 @@ export type TunnelErrorCode = z.infer<typeof TunnelErrorCodeSchema>;
 /** A stream id: chosen by the control plane, unique within one tunnel connection. */
 export const StreamIdSchema = z.number().int().min(1).max(0xffff_ffff);
 
-/** HTTP headers as ordered name/value pairs (repeated names such as Set-Cookie stay separate). */
-export const HeaderListSchema = z
-  .array(
-    z.tuple([
-      z.string().min(1).max(256).regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, "expected an HTTP header name"),
-      // Node's own rule for header values (tab, visible ASCII, obs-text): anything else would
-      // make setHeader/writeHead throw on the other end.
-      z.string().max(16 * 1024).regex(/^[\t\x20-\x7e\x80-\xff]*$/, "header value with a forbidden character"),
-    ]),
-  )
-  .max(256);
-export type HeaderList = z.infer<typeof HeaderListSchema>;
+const windowBytes = z.number().int().min(64 * 1024).max(16 * 1024 * 1024);
 
-const windowBytes = z.number().int().min(MAX_DATA_FRAME_PAYLOAD).max(16 * 1024 * 1024);
+/** Control plane → agent, once after the upgrade: the tunnel is bound to this session. */
+export const WelcomeFrameSchema = z.strictObject({
+  type: z.literal("welcome"),
+  sessionId: z.string().min(1).max(128),
+  protocolVersion: z.number().int().positive(),
+});
 
-/** Control plane → agent: a renter request (or WebSocket upgrade when `upgrade`). */
+/**
+ * Agent → control plane, once after the upgrade: where Jupyter listens on the provider host and
+ * the token the control plane's HTTP client authenticates to it with. The token stays in the
+ * control plane's memory (never stored, logged or sent to a renter); it gives the control plane
+ * nothing it could not already do, since every byte of the session passes through it anyway.
+ */
+export const HelloFrameSchema = z.strictObject({
+  type: z.literal("hello"),
+  protocolVersion: z.number().int().positive(),
+  jupyterPort: z.number().int().min(1).max(65535),
+  jupyterToken: z.string().min(16).max(256).regex(/^[A-Za-z0-9_.~-]+$/, "expected a URL-safe token"),
+});
+
+/** Control plane → agent: open a new connection to Jupyter as stream `streamId`. */
 export const OpenFrameSchema = z.strictObject({
   type: z.literal("open"),
   streamId: StreamIdSchema,
-  method: z.string().regex(/^[A-Z]{1,16}$/),
-  /** Path and query, unchanged (Jupyter runs with base_url `/s/<id>/`). */
-  path: z
-    .string()
-    .max(16 * 1024)
-    .regex(/^\/[\x21-\xff]*$/, "expected a path starting with / without spaces or control characters"),
-  headers: HeaderListSchema,
-  upgrade: z.boolean(),
   /** Initial credit of each direction, in bytes; the agent refuses windows above its own limit. */
   window: windowBytes,
-});
-
-/** Agent → control plane: the upstream answered (101 for an accepted upgrade). */
-export const ResponseFrameSchema = z.strictObject({
-  type: z.literal("response"),
-  streamId: StreamIdSchema,
-  status: z.number().int().min(100).max(599),
-  statusMessage: z.string().max(256).regex(/^[\t\x20-\x7e\x80-\xff]*$/, "status message with a forbidden character").optional(),
-  headers: HeaderListSchema,
 });
 
 /** Either side: no more data from me on this stream (half close). */
@@ -120,83 +121,33 @@ export const ErrorFrameSchema = z.strictObject({
   message: z.string().max(1024),
 });
 
-/** Control plane → agent, once after the upgrade: the tunnel is bound to this session. */
-export const WelcomeFrameSchema = z.strictObject({
-  type: z.literal("welcome"),
-  sessionId: z.string().min(1).max(128),
-  protocolVersion: z.number().int().positive(),
-});
-
 /** Every JSON control frame of the tunnel. */
 export const TunnelControlFrameSchema = z.discriminatedUnion("type", [
+  WelcomeFrameSchema,
+  HelloFrameSchema,
   OpenFrameSchema,
-  ResponseFrameSchema,
   EndFrameSchema,
   CreditFrameSchema,
   AbortFrameSchema,
   ErrorFrameSchema,
-  WelcomeFrameSchema,
 ]);
 export type TunnelControlFrame = z.infer<typeof TunnelControlFrameSchema>;
+export type WelcomeFrame = z.infer<typeof WelcomeFrameSchema>;
+export type HelloFrame = z.infer<typeof HelloFrameSchema>;
 export type OpenFrame = z.infer<typeof OpenFrameSchema>;
-export type ResponseFrame = z.infer<typeof ResponseFrameSchema>;
 export type AbortFrame = z.infer<typeof AbortFrameSchema>;
 
-/** A decoded binary data frame. `payload` is a view into the received message (no copy). */
-export interface DataFrame {
-  type: "data";
-  streamId: number;
-  payload: Uint8Array;
-}
-
-/** Any decoded tunnel frame. */
-export type TunnelFrame = TunnelControlFrame | DataFrame;
-
-/** What a frame decode yields: the frame, or a typed reason that the receiver answers with. */
+/** What a control frame decode yields: the frame, or a typed reason that the receiver answers with. */
 export type DecodeResult =
-  | { ok: true; frame: TunnelFrame }
+  | { ok: true; frame: TunnelControlFrame }
   | { ok: false; code: TunnelErrorCode; message: string; streamId?: number };
 
 /**
- * Serializes a control frame. Not re-validated here (the type already constrains it, and this is
- * on the per-request path); every frame IS validated on arrival by `decodeTunnelFrame`.
+ * Serializes a control frame. Not re-validated here (the type already constrains it); every
+ * frame IS validated on arrival by `decodeControlFrame`.
  */
 export function encodeControlFrame(frame: TunnelControlFrame): string {
   return JSON.stringify(frame);
-}
-
-/**
- * Builds one binary data frame. Callers split payloads larger than MAX_DATA_FRAME_PAYLOAD.
- * `alloc` lets Node callers skip zero-filling (Buffer.allocUnsafe): every byte is overwritten.
- */
-export function encodeDataFrame(
-  streamId: number,
-  payload: Uint8Array,
-  alloc: (size: number) => Uint8Array = (size) => new Uint8Array(size),
-): Uint8Array {
-  if (payload.byteLength > MAX_DATA_FRAME_PAYLOAD) throw new RangeError("data frame payload too large");
-  const frame = alloc(DATA_FRAME_HEADER_BYTES + payload.byteLength);
-  frame[0] = DATA_FRAME_KIND;
-  new DataView(frame.buffer, frame.byteOffset, frame.byteLength).setUint32(1, streamId, false);
-  frame.set(payload, DATA_FRAME_HEADER_BYTES);
-  return frame;
-}
-
-/** Decodes the 5-byte header of a data frame; the payload is a view, not a copy. */
-export function decodeDataFrame(bytes: Uint8Array): DecodeResult {
-  if (bytes.byteLength < DATA_FRAME_HEADER_BYTES) {
-    return { ok: false, code: "BAD_FRAME", message: "data frame shorter than its header" };
-  }
-  if (bytes[0] !== DATA_FRAME_KIND) {
-    return { ok: false, code: "BAD_FRAME", message: `unknown binary frame kind ${bytes[0]}` };
-  }
-  const streamId = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(1, false);
-  const payload = bytes.subarray(DATA_FRAME_HEADER_BYTES);
-  if (streamId === 0) return { ok: false, code: "BAD_FRAME", message: "stream id 0" };
-  if (payload.byteLength > MAX_DATA_FRAME_PAYLOAD) {
-    return { ok: false, code: "BAD_FRAME", message: "data frame payload too large", streamId };
-  }
-  return { ok: true, frame: { type: "data", streamId, payload } };
 }
 
 /** Parses and validates a JSON control frame; a bad one names the field path. */
@@ -225,9 +176,33 @@ export function decodeControlFrame(text: string): DecodeResult {
   return result;
 }
 
-/** Decodes any tunnel message: text → control frame, binary → data frame. */
-export function decodeTunnelFrame(message: string | Uint8Array): DecodeResult {
-  return typeof message === "string" ? decodeControlFrame(message) : decodeDataFrame(message);
+/** The 5-byte header of a data frame carrying `streamId`. */
+export function encodeDataFrameHeader(streamId: number, into: Uint8Array = new Uint8Array(DATA_FRAME_HEADER_BYTES), at = 0): Uint8Array {
+  into[at] = DATA_FRAME_KIND;
+  new DataView(into.buffer, into.byteOffset, into.byteLength).setUint32(at + 1, streamId, false);
+  return into;
+}
+
+/**
+ * Reads the 5-byte header at the start of a data frame (a binary message): the stream id, or why
+ * the frame is unusable. The payload that follows is the caller's to hand on.
+ */
+export function decodeDataFrameHeader(
+  header: Uint8Array,
+  payloadBytes: number,
+): { ok: true; streamId: number } | { ok: false; code: TunnelErrorCode; message: string; streamId?: number } {
+  if (header.byteLength < DATA_FRAME_HEADER_BYTES) {
+    return { ok: false, code: "BAD_FRAME", message: "data frame shorter than its header" };
+  }
+  if (header[0] !== DATA_FRAME_KIND) {
+    return { ok: false, code: "BAD_FRAME", message: `unknown binary frame kind ${header[0]}` };
+  }
+  const streamId = new DataView(header.buffer, header.byteOffset, header.byteLength).getUint32(1, false);
+  if (streamId === 0) return { ok: false, code: "BAD_FRAME", message: "stream id 0" };
+  if (payloadBytes > MAX_DATA_FRAME_PAYLOAD) {
+    return { ok: false, code: "BAD_FRAME", message: "data frame payload too large", streamId };
+  }
+  return { ok: true, streamId };
 }
 
 /**
@@ -262,7 +237,11 @@ export class SendCredit {
 /**
  * Receive-side accounting of one stream: checks the peer never sends beyond the credit granted so
  * far (window + every credit returned) and batches credit returns so a credit frame goes out per
- * quarter window consumed, not per chunk.
+ * half window consumed, not per chunk nor per small response (a keep-alive connection carrying
+ * many small requests sends no credit frame at all until half a window has passed). The sender
+ * can never stall: it runs out of credit only with a whole window unacknowledged, and once half of
+ * that is consumed a grant is due. (Each credit frame may wake the sender's process: two per
+ * window measured cheaper than four, bench/.)
  */
 export class ReceiveWindow {
   private received = 0;
@@ -281,8 +260,7 @@ export class ReceiveWindow {
   consume(bytes: number): number {
     this.consumed += bytes;
     const owed = this.consumed - this.granted;
-    // Batch small grants while more bytes are still buffered; grant at once when drained.
-    if (owed < this.window / 4 && this.consumed < this.received) return 0;
+    if (owed < this.window / 2) return 0;
     this.granted += owed;
     return owed;
   }

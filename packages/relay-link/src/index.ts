@@ -1,3 +1,4 @@
-export * from "./frameSlabs.js";
 export * from "./tunnelLink.js";
-export * from "./hopByHop.js";
+export * from "./tunnelStream.js";
+export * from "./webSocketFrames.js";
+export * from "./webSocketHandshake.js";

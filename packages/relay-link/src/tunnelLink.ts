@@ -1,231 +1,99 @@
-// The stream multiplexer of one relay tunnel WebSocket, used by both ends: the control plane
-// (renter side) and the agent (Jupyter side). @runit/protocol holds the wire format and the credit
-// arithmetic but no I/O; this package adds the sockets.
+// The stream table of one tunnel WebSocket, used by both ends: the control plane (server side of
+// the WebSocket, opens streams) and the agent (client side, connects each stream to Jupyter).
+// @runit/protocol holds the frame shapes and the credit arithmetic; this file drives the socket.
 import type { Socket } from "node:net";
-import type { Readable, Writable } from "node:stream";
-import type { WebSocket } from "ws";
 import {
   DATA_FRAME_HEADER_BYTES,
-  MAX_DATA_FRAME_PAYLOAD,
+  MAX_CONTROL_FRAME_BYTES,
   MAX_STREAMS_PER_TUNNEL,
-  ReceiveWindow,
-  SendCredit,
-  decodeTunnelFrame,
+  MAX_TUNNEL_MESSAGE_BYTES,
+  decodeControlFrame,
+  decodeDataFrameHeader,
   encodeControlFrame,
-  encodeDataFrame,
+  encodeDataFrameHeader,
+  type HelloFrame,
   type OpenFrame,
-  type ResponseFrame,
   type TunnelControlFrame,
   type TunnelErrorCode,
+  type WelcomeFrame,
 } from "@runit/protocol";
-import { FrameSlabs } from "./frameSlabs.js";
+import { TunnelStream, type StreamCarrier, type StreamMeter } from "./tunnelStream.js";
+import { CLOSE_CODE, OPCODE, WebSocketReader, closePayload, encodeFrame, encodeFrameHeader } from "./webSocketFrames.js";
 
-/** What the owner of a link reacts to; data, credit, end and abort are handled by the link. */
+/** What the owner of a link reacts to; stream frames (data, credit, end, abort) are handled here. */
 export interface TunnelLinkHandlers {
-  /** A peer opened a stream (agent side). */
+  /** The peer asks for a stream (agent side). */
   onOpen?(frame: OpenFrame): void;
+  /** The agent's hello (control-plane side). */
+  onHello?(frame: HelloFrame): void;
+  /** The control plane's welcome (agent side). */
+  onWelcome?(frame: WelcomeFrame): void;
   /** The peer reported an unusable frame. */
   onPeerError?(code: TunnelErrorCode, message: string): void;
+  onPong?(): void;
+  /** The WebSocket is gone; `code` is the close code the peer sent, if it sent one. */
+  onClose?(code: number | undefined, reason: string): void;
 }
 
-/** Byte counters of a stream, for metering: `onSent` for bytes sent, `onReceived` for bytes delivered. */
-export interface StreamMeter {
-  onSent?(bytes: number): void;
-  onReceived?(bytes: number): void;
+/** The data message being received: its tunnel header and the stream it feeds. */
+interface Incoming {
+  binary: boolean;
+  header: Buffer;
+  headerFill: number;
+  stream: TunnelStream | undefined;
+  skip: boolean;
+  text: Buffer[];
+  textBytes: number;
 }
 
-/** One multiplexed stream: a source pumped out under credit, a sink fed with credit returned. */
-export class TunnelStream {
-  private sendCredit: SendCredit | undefined;
-  private readonly receiveWindow: ReceiveWindow;
-  private source: Readable | undefined;
-  private pending: Buffer | undefined;
-  private sourceEnded = false;
-  private sink: Writable | undefined;
-  private sinkCorked = false;
-  private closed = false;
-  private endSent = false;
-  private peerEndReceived = false;
-  private responseListener: ((frame: ResponseFrame) => void) | undefined;
-  private abortListeners: Array<(code: TunnelErrorCode, message: string) => void> = [];
-  /** Largest number of received bytes held (written to the sink, not yet flushed). */
-  maxBuffered = 0;
+const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
-  constructor(
-    readonly id: number,
-    private readonly link: TunnelLink,
-    readonly window: number,
-    private readonly meter: StreamMeter = {},
-  ) {
-    this.receiveWindow = new ReceiveWindow(window);
-  }
-
-  /** Sets how much the peer lets us send before its first credit frame. */
-  setPeerWindow(bytes: number): void {
-    this.sendCredit = new SendCredit(bytes);
-    this.flush();
-  }
-
-  /** Pumps `readable` to the peer under credit and sends `end` when it ends. */
-  attachSource(readable: Readable, head?: Buffer): void {
-    this.source = readable;
-    if (head && head.length > 0) this.pending = head;
-    readable.on("data", (chunk: Buffer) => {
-      this.pending = this.pending ? Buffer.concat([this.pending, chunk]) : chunk;
-      this.flush();
-    });
-    readable.on("end", () => {
-      this.sourceEnded = true;
-      this.flush();
-    });
-    this.flush();
-  }
-
-  /** Delivers the peer's bytes into `writable`, returning credit as each write is flushed. */
-  attachSink(writable: Writable): void {
-    this.sink = writable;
-  }
-
-  /** Registers the listener of the peer's `response` frame (control-plane side). */
-  onResponse(listener: (frame: ResponseFrame) => void): void {
-    this.responseListener = listener;
-  }
-
-  /** @internal The peer's response. */
-  deliverResponse(frame: ResponseFrame): void {
-    if (!this.responseListener) return this.abort("BAD_FRAME", "response not expected");
-    const listener = this.responseListener;
-    this.responseListener = undefined;
-    listener(frame);
-  }
-
-  /** Registers a listener for the stream's death (peer abort, tunnel loss, local abort). */
-  onAbort(listener: (code: TunnelErrorCode, message: string) => void): void {
-    this.abortListeners.push(listener);
-  }
-
-  /** True once the stream ended or was aborted. */
-  get isClosed(): boolean {
-    return this.closed;
-  }
-
-  /** Aborts the stream locally and tells the peer unless it was the one that aborted. */
-  abort(code: TunnelErrorCode, message: string, tellPeer = true): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.link.forget(this.id);
-    if (tellPeer) this.link.send({ type: "abort", streamId: this.id, code, message });
-    this.source?.pause();
-    for (const listener of this.abortListeners) listener(code, message);
-  }
-
-  /** Sends `end` without a source (a request with no body, or a refused upgrade). */
-  endLocal(): void {
-    if (this.closed || this.endSent) return;
-    this.endSent = true;
-    this.link.send({ type: "end", streamId: this.id });
-    this.finishIfDone();
-  }
-
-  private finishIfDone(): void {
-    if (this.closed || !this.endSent || !this.peerEndReceived) return;
-    this.closed = true;
-    this.link.forget(this.id);
-  }
-
-  /** @internal Data from the peer. */
-  receive(payload: Buffer): void {
-    if (!this.receiveWindow.receive(payload.length)) {
-      this.abort("FLOW_CONTROL", "peer sent beyond its credit");
-      return;
-    }
-    this.maxBuffered = Math.max(this.maxBuffered, this.receiveWindow.buffered);
-    const sink = this.sink;
-    if (!sink) {
-      this.abort("BAD_FRAME", "data before the stream was ready");
-      return;
-    }
-    if (!this.sinkCorked) {
-      // Chunks arriving in one event-loop iteration leave in one write (fewer syscalls).
-      this.sinkCorked = true;
-      sink.cork();
-      setImmediate(() => {
-        this.sinkCorked = false;
-        sink.uncork();
-      });
-    }
-    sink.write(payload, (err) => {
-      if (err) return;
-      this.meter.onReceived?.(payload.length);
-      // Credit after the peer's `end` is useless (it sends nothing more): one frame less per request.
-      if (this.closed || this.peerEndReceived) return;
-      const grant = this.receiveWindow.consume(payload.length);
-      if (grant > 0) this.link.send({ type: "credit", streamId: this.id, bytes: grant });
-    });
-  }
-
-  /** @internal Credit from the peer. */
-  grant(bytes: number): void {
-    this.sendCredit?.grant(bytes);
-    this.flush();
-  }
-
-  /** @internal The peer will send no more. */
-  peerEnded(): void {
-    this.peerEndReceived = true;
-    this.sink?.end();
-    this.finishIfDone();
-  }
-
-  private flush(): void {
-    const credit = this.sendCredit;
-    if (this.closed || !credit) return;
-    while (this.pending && credit.bytes > 0) {
-      const size = credit.take(Math.min(this.pending.length, MAX_DATA_FRAME_PAYLOAD));
-      const piece = this.pending.subarray(0, size);
-      this.pending = size < this.pending.length ? this.pending.subarray(size) : undefined;
-      this.link.sendData(this.id, piece);
-      this.meter.onSent?.(size);
-    }
-    if (this.pending) {
-      this.source?.pause();
-      return;
-    }
-    if (this.sourceEnded) {
-      this.sourceEnded = false;
-      this.endLocal();
-      return;
-    }
-    if (this.source?.isPaused()) this.source.resume();
-  }
-}
-
-/** The stream table of one tunnel WebSocket: decodes frames, routes them, answers bad ones. */
-export class TunnelLink {
+/**
+ * One tunnel WebSocket over its raw socket. `role` is "server" on the control plane (frames from
+ * the agent must be masked) and "client" on the agent (it masks, with the all-zero key). Every
+ * arriving control frame is validated; a bad one aborts the stream it names or is answered with
+ * an `error` frame, never a crash. A protocol violation fails the WebSocket with its close code.
+ */
+export class TunnelLink implements StreamCarrier {
   private readonly streams = new Map<number, TunnelStream>();
+  private readonly reader: WebSocketReader;
+  private readonly masked: boolean;
   private nextId = 1;
+  private closing = false;
   private dead = false;
-  private corked = false;
-  private readonly slabs = new FrameSlabs();
+  private peerCloseCode: number | undefined;
+  private peerCloseReason = "";
+  private incoming: Incoming = { binary: false, header: Buffer.alloc(DATA_FRAME_HEADER_BYTES), headerFill: 0, stream: undefined, skip: false, text: [], textBytes: 0 };
 
-  /**
-   * `socket` is the WebSocket's TCP socket: frames produced in one event-loop iteration (open +
-   * end, response + data + end) are corked into one write instead of one segment each.
-   */
   constructor(
-    private readonly ws: WebSocket,
+    readonly socket: Socket,
+    role: "server" | "client",
     private readonly handlers: TunnelLinkHandlers,
-    private readonly socket?: Socket,
+    head?: Buffer,
   ) {
-    ws.on("message", (data: Buffer, isBinary: boolean) => {
-      try {
-        this.onMessage(isBinary ? data : data.toString("utf8"));
-      } catch (err) {
-        // Never let one frame take the process down: answer it and carry on.
-        this.send({ type: "error", code: "BAD_FRAME", message: `frame could not be handled: ${(err as Error).message}`.slice(0, 1024) });
-      }
-    });
-    ws.on("close", () => this.abortAll("TUNNEL_CLOSED", "tunnel closed"));
+    this.masked = role === "client";
+    this.reader = new WebSocketReader(
+      {
+        onMessageStart: (binary) => this.messageStart(binary),
+        onMessageData: (bytes) => this.messageData(bytes),
+        onMessageEnd: () => this.messageEnd(),
+        onPing: (payload) => this.writeFrame(OPCODE.pong, payload),
+        onPong: () => this.handlers.onPong?.(),
+        onClose: (code, reason) => this.peerClosed(code, reason),
+        onProtocolError: (code, message) => this.close(code, message),
+      },
+      role === "server",
+      MAX_TUNNEL_MESSAGE_BYTES,
+    );
+    socket.setNoDelay(true);
+    socket.setTimeout(0);
+    socket.on("data", (chunk: Buffer) => this.reader.push(chunk));
+    socket.on("end", () => socket.destroy());
+    socket.on("error", () => socket.destroy());
+    socket.on("close", () => this.socketClosed());
+    socket.resume();
+    // Bytes that came with the handshake: parsed once the owner holds the link.
+    if (head && head.length > 0) queueMicrotask(() => this.reader.push(head));
   }
 
   /** Number of live streams. */
@@ -233,95 +101,190 @@ export class TunnelLink {
     return this.streams.size;
   }
 
-  /** True while the WebSocket is open. */
+  /** True while frames can be sent. */
   get isOpen(): boolean {
-    return !this.dead && this.ws.readyState === this.ws.OPEN;
+    return !this.dead && !this.closing && !this.socket.destroyed;
   }
 
-  /** Creates a stream with a fresh id (control-plane side) or a peer-chosen id (agent side). */
-  createStream(window: number, meter?: StreamMeter, id?: number): TunnelStream | undefined {
-    if (this.streams.size >= MAX_STREAMS_PER_TUNNEL) return undefined;
-    const streamId = id ?? this.nextId++;
-    if (this.streams.has(streamId)) return undefined;
-    const stream = new TunnelStream(streamId, this, window, meter);
-    this.streams.set(streamId, stream);
+  /** Opens a stream with a fresh id and asks the peer to connect it (control-plane side). */
+  openStream(window: number, meter?: StreamMeter): TunnelStream | undefined {
+    if (!this.isOpen || this.streams.size >= MAX_STREAMS_PER_TUNNEL) return undefined;
+    const stream = new TunnelStream(this.nextId++, this, window, meter);
+    this.streams.set(stream.id, stream);
+    this.sendControl({ type: "open", streamId: stream.id, window });
     return stream;
   }
 
-  /** Sends a control frame (dropped once the WebSocket is gone). */
-  send(frame: TunnelControlFrame): void {
-    if (!this.isOpen) return;
-    this.corkForThisTick();
-    this.ws.send(encodeControlFrame(frame));
+  /** Takes the stream the peer opened (agent side); undefined when the table is full. */
+  acceptStream(frame: OpenFrame, meter?: StreamMeter): TunnelStream | undefined {
+    if (!this.isOpen || this.streams.size >= MAX_STREAMS_PER_TUNNEL) return undefined;
+    const stream = new TunnelStream(frame.streamId, this, frame.window, meter);
+    this.streams.set(stream.id, stream);
+    return stream;
   }
 
-  /** Sends one data frame. */
-  sendData(streamId: number, payload: Uint8Array): void {
+  /** Sends a control frame (dropped once the WebSocket is going). */
+  sendControl(frame: TunnelControlFrame): void {
     if (!this.isOpen) return;
-    this.corkForThisTick();
-    const { buf, release } = this.slabs.take(DATA_FRAME_HEADER_BYTES + payload.byteLength);
-    this.ws.send(encodeDataFrame(streamId, payload, () => buf), { binary: true }, release);
+    this.writeFrame(OPCODE.text, Buffer.from(encodeControlFrame(frame), "utf8"));
   }
 
-  private corkForThisTick(): void {
+  /** @internal Sends data frames: per piece one small header buffer and the piece, in one writev. */
+  sendData(streamId: number, pieces: Buffer[]): void {
+    if (!this.isOpen) return;
     const socket = this.socket;
-    if (this.corked || !socket) return;
-    this.corked = true;
     socket.cork();
-    // setImmediate: everything this loop iteration produces (all I/O callbacks) goes in one write.
-    setImmediate(() => {
-      this.corked = false;
-      socket.uncork();
-    });
+    for (const piece of pieces) {
+      const { header, at } = encodeFrameHeader(OPCODE.binary, DATA_FRAME_HEADER_BYTES + piece.length, this.masked, DATA_FRAME_HEADER_BYTES);
+      encodeDataFrameHeader(streamId, header, at);
+      socket.write(header);
+      socket.write(piece);
+    }
+    socket.uncork();
   }
 
-  /** Aborts every stream without telling the peer (the tunnel is gone or going). */
+  /** Sends a WebSocket ping (liveness is the owner's business). */
+  ping(): void {
+    if (this.isOpen) this.writeFrame(OPCODE.ping, Buffer.alloc(0));
+  }
+
+  /** Closes the WebSocket: close frame, streams aborted, socket ended (destroyed after 1 s at most). */
+  close(code: number = CLOSE_CODE.normal, reason = ""): void {
+    if (this.closing || this.dead) return;
+    this.writeFrame(OPCODE.close, closePayload(code, reason));
+    this.closing = true;
+    this.abortAll("TUNNEL_CLOSED", reason || "tunnel closed");
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 1000).unref();
+  }
+
+  /** Drops the connection at once (no close frame). */
+  terminate(): void {
+    this.socket.destroy();
+  }
+
+  /** Kills every stream without telling the peer (the tunnel is gone or going). */
   abortAll(code: TunnelErrorCode, message: string): void {
-    this.dead = code === "TUNNEL_CLOSED" || this.dead;
-    for (const stream of [...this.streams.values()]) stream.abort(code, message, false);
+    for (const stream of [...this.streams.values()]) stream.dieQuietly(code, message);
   }
 
   /** @internal Removes a finished stream. */
-  forget(id: number): void {
-    this.streams.delete(id);
+  forget(streamId: number): void {
+    this.streams.delete(streamId);
   }
 
-  private onMessage(message: string | Buffer): void {
-    const decoded = decodeTunnelFrame(message);
-    if (!decoded.ok) {
-      // A bad frame naming a stream kills that stream on both ends (the peer may be waiting on
-      // it, e.g. for the answer to a malformed open); one naming none gets an error frame.
-      if (decoded.streamId === undefined) return this.send({ type: "error", code: decoded.code, message: decoded.message });
-      const stream = this.streams.get(decoded.streamId);
-      if (stream) return stream.abort(decoded.code, decoded.message);
-      return this.send({ type: "abort", streamId: decoded.streamId, code: decoded.code, message: decoded.message });
-    }
-    const frame = decoded.frame;
-    if (frame.type === "error") return this.handlers.onPeerError?.(frame.code, frame.message);
-    if (frame.type === "welcome") return;
-    if (frame.type === "open") {
-      if (!this.handlers.onOpen) return this.send({ type: "error", code: "BAD_FRAME", message: "open not accepted here" });
-      if (this.streams.has(frame.streamId)) {
-        return this.send({ type: "abort", streamId: frame.streamId, code: "DUPLICATE_STREAM", message: "stream id in use" });
+  private writeFrame(opcode: number, payload: Buffer): void {
+    if (this.closing || this.socket.destroyed) return;
+    this.socket.write(encodeFrame(opcode, payload, this.masked));
+  }
+
+  private peerClosed(code: number | undefined, reason: string): void {
+    this.peerCloseCode = code;
+    this.peerCloseReason = reason;
+    // Echo the close (RFC 6455 §5.5.1) unless we started it, then let the socket go.
+    this.close(code ?? CLOSE_CODE.normal, reason);
+  }
+
+  private socketClosed(): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.abortAll("TUNNEL_CLOSED", "tunnel closed");
+    this.handlers.onClose?.(this.peerCloseCode, this.peerCloseReason);
+  }
+
+  private messageStart(binary: boolean): void {
+    const m = this.incoming;
+    m.binary = binary;
+    m.headerFill = 0;
+    m.stream = undefined;
+    m.skip = false;
+    m.text = [];
+    m.textBytes = 0;
+  }
+
+  private messageData(bytes: Buffer): void {
+    const m = this.incoming;
+    if (m.skip) return;
+    if (!m.binary) {
+      m.textBytes += bytes.length;
+      if (m.textBytes > MAX_CONTROL_FRAME_BYTES) {
+        m.skip = true;
+        return this.close(CLOSE_CODE.tooBig, "control frame too large");
       }
-      return this.handlers.onOpen(frame);
-    }
-    const stream = this.streams.get(frame.streamId);
-    if (!stream) {
-      // Late frames of a stream we already dropped are normal after an abort; answer only opens.
+      m.text.push(bytes);
       return;
     }
+    let payload = bytes;
+    if (m.headerFill < DATA_FRAME_HEADER_BYTES) {
+      const n = Math.min(DATA_FRAME_HEADER_BYTES - m.headerFill, bytes.length);
+      bytes.copy(m.header, m.headerFill, 0, n);
+      m.headerFill += n;
+      payload = bytes.subarray(n);
+      if (m.headerFill < DATA_FRAME_HEADER_BYTES) return;
+      const decoded = decodeDataFrameHeader(m.header, 0);
+      if (!decoded.ok) {
+        m.skip = true;
+        return this.sendControl({ type: "error", code: decoded.code, message: decoded.message });
+      }
+      // Late data of a stream already gone is normal after an abort: dropped.
+      m.stream = this.streams.get(decoded.streamId);
+      if (!m.stream) m.skip = true;
+    }
+    if (payload.length > 0) m.stream?.receive(payload);
+  }
+
+  private messageEnd(): void {
+    const m = this.incoming;
+    if (m.skip) return;
+    if (m.binary) {
+      if (m.headerFill < DATA_FRAME_HEADER_BYTES) {
+        this.sendControl({ type: "error", code: "BAD_FRAME", message: "data frame shorter than its header" });
+      }
+      return;
+    }
+    let text: string;
+    try {
+      text = textDecoder.decode(m.text.length === 1 ? m.text[0] : Buffer.concat(m.text));
+    } catch {
+      return this.close(CLOSE_CODE.invalidPayload, "text frame is not UTF-8");
+    }
+    this.controlFrame(text);
+  }
+
+  private controlFrame(text: string): void {
+    const decoded = decodeControlFrame(text);
+    if (!decoded.ok) {
+      // A bad frame naming a stream kills that stream on both ends; one naming none gets an error frame.
+      if (decoded.streamId === undefined) return this.sendControl({ type: "error", code: decoded.code, message: decoded.message });
+      const stream = this.streams.get(decoded.streamId);
+      if (stream) return stream.abort(decoded.code, decoded.message);
+      return this.sendControl({ type: "abort", streamId: decoded.streamId, code: decoded.code, message: decoded.message });
+    }
+    const frame = decoded.frame;
     switch (frame.type) {
-      case "data":
-        return stream.receive(Buffer.from(frame.payload.buffer, frame.payload.byteOffset, frame.payload.byteLength));
+      case "error":
+        return this.handlers.onPeerError?.(frame.code, frame.message);
+      case "welcome":
+        return this.handlers.onWelcome?.(frame);
+      case "hello":
+        if (!this.handlers.onHello) return this.sendControl({ type: "error", code: "BAD_FRAME", message: "hello not accepted here" });
+        return this.handlers.onHello(frame);
+      case "open":
+        if (!this.handlers.onOpen) return this.sendControl({ type: "error", code: "BAD_FRAME", message: "open not accepted here" });
+        if (this.streams.has(frame.streamId)) {
+          return this.sendControl({ type: "abort", streamId: frame.streamId, code: "DUPLICATE_STREAM", message: "stream id in use" });
+        }
+        return this.handlers.onOpen(frame);
+    }
+    const stream = this.streams.get(frame.streamId);
+    if (!stream) return; // late frames of a stream we already dropped
+    switch (frame.type) {
       case "credit":
         return stream.grant(frame.bytes);
       case "end":
-        return stream.peerEnded();
+        return stream.peerEnd();
       case "abort":
-        return stream.abort(frame.code, frame.message, false);
-      case "response":
-        return stream.deliverResponse(frame);
+        return stream.dieQuietly(frame.code, frame.message);
     }
   }
 }

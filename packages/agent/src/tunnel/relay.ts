@@ -1,16 +1,17 @@
-import type { Socket } from "node:net";
-import { WebSocket } from "ws";
 import {
   AGENT_TUNNEL_PATH,
   DEFAULT_STREAM_WINDOW_BYTES,
-  MAX_CONTROL_FRAME_BYTES,
+  PROTOCOL_VERSION,
   TUNNEL_CLOSE_SESSION_ENDED,
   maskSecret,
 } from "@runit/protocol";
 import type { AgentLogger } from "../logger.js";
-import { TunnelLink } from "@runit/relay-link";
+import { TunnelLink, WebSocketRefusedError, dialWebSocket } from "@runit/relay-link";
 import { RelayUpstream, type UpstreamCounters } from "./relayUpstream.js";
 import type { SessionTunnel, TunnelAttachment, TunnelEvent } from "./types.js";
+
+/** How long the WebSocket handshake with the control plane may take. */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 /** Options of the relay tunnel; every timer is configurable so tests run in seconds. */
 export interface RelayTunnelOptions {
@@ -46,8 +47,10 @@ export function tunnelUrl(serverUrl: string): string {
 /**
  * The built-in relay tunnel (issue 4): the agent dials OUT to the control plane's
  * `/agent/tunnel` with the session secret, keeps the WebSocket alive with ping/pong, redials with
- * exponential backoff when it drops, and forwards the streams the control plane opens to the
- * session's Jupyter on 127.0.0.1, authenticating with the Jupyter token itself.
+ * exponential backoff when it drops, and connects each stream the control plane opens to the
+ * session's Jupyter on 127.0.0.1 (one TCP connection per stream, bytes piped). Its hello tells the
+ * control plane Jupyter's port and token, so the control plane's HTTP client authenticates itself
+ * and the token never reaches a renter.
  */
 export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
   const pingIntervalMs = opts.pingIntervalMs ?? 15_000;
@@ -56,8 +59,8 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
   const listeners = new Set<(event: TunnelEvent) => void>();
   let reg: TunnelAttachment | undefined;
   let upstream: RelayUpstream | undefined;
-  let ws: WebSocket | undefined;
   let link: TunnelLink | undefined;
+  let dialing = false;
   let closed = false;
   let attempt = 0;
   let retryTimer: NodeJS.Timeout | undefined;
@@ -71,7 +74,7 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
     attempt += 1;
     retryTimer = setTimeout(() => {
       retryTimer = undefined;
-      dial();
+      if (!dialing) dial();
     }, delay);
     retryTimer.unref();
   };
@@ -80,57 +83,54 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
     if (closed || !reg || !upstream) return;
     const current = reg;
     const target = upstream;
-    const socket = new WebSocket(tunnelUrl(current.serverUrl), {
-      headers: { Authorization: `Bearer ${current.sessionSecret}` },
-      maxPayload: MAX_CONTROL_FRAME_BYTES,
-      perMessageDeflate: false,
-      handshakeTimeout: 10_000,
-      // RFC 6455 masking protects browsers' intermediaries from script-chosen bytes; this client
-      // is no browser, production tunnels run over wss://, and masking costs a pass over every
-      // byte of every download (ws skips the XOR for a zero mask on both ends).
-      generateMask: (mask: Buffer) => void mask.fill(0),
-    });
-    ws = socket;
-    let alive = true;
-    socket.on("unexpected-response", (_req, res) => {
-      opts.logger.error(`[agent] relay tunnel refused (HTTP ${res.statusCode}) for ${current.sessionId}`);
-      res.resume();
-      socket.terminate();
-    });
-    let tcp: Socket | undefined;
-    socket.on("upgrade", (res) => (tcp = res.socket));
-    socket.on("error", () => undefined);
-    socket.on("open", () => {
-      attempt = 0;
-      const socketLink: TunnelLink = new TunnelLink(socket, {
-        onOpen: (frame) => target.open(socketLink, frame),
-        onPeerError: (code, message) => opts.logger.error(`[agent] control plane refused a relay frame: ${code} ${message}`),
-      }, tcp);
-      link = socketLink;
-      opts.logger.info(`[agent] relay tunnel connected for: ${current.sessionId}`);
-      clearInterval(pingTimer);
-      pingTimer = setInterval(() => {
-        if (!alive) return socket.terminate();
-        alive = false;
-        socket.ping();
-      }, pingIntervalMs);
-      pingTimer.unref();
-      for (const resolve of connectedWaiters) resolve();
-      connectedWaiters = [];
-    });
-    socket.on("pong", () => (alive = true));
-    socket.on("message", () => (alive = true));
-    socket.on("close", (code) => {
-      if (ws === socket) {
-        ws = undefined;
-        link = undefined;
+    dialing = true;
+    dialWebSocket(tunnelUrl(current.serverUrl), { Authorization: `Bearer ${current.sessionSecret}` }, HANDSHAKE_TIMEOUT_MS).then(
+      ({ socket, head }) => {
+        dialing = false;
+        if (closed) return void socket.destroy();
+        attempt = 0;
+        let alive = true;
+        const socketLink: TunnelLink = new TunnelLink(
+          socket,
+          "client",
+          {
+            onOpen: (frame) => target.open(socketLink, frame),
+            onPong: () => (alive = true),
+            onPeerError: (code, message) => opts.logger.error(`[agent] control plane refused a relay frame: ${code} ${message}`),
+            onClose: (code) => {
+              if (link === socketLink) {
+                link = undefined;
+                clearInterval(pingTimer);
+              }
+              if (closed) return;
+              const why = code === TUNNEL_CLOSE_SESSION_ENDED ? "session ended" : code === undefined ? "connection lost" : `code ${code}`;
+              opts.logger.info(`[agent] relay tunnel down for ${current.sessionId} (${why}), redialling`);
+              scheduleRedial();
+            },
+          },
+          head,
+        );
+        link = socketLink;
+        // Where Jupyter listens and its token: the control plane's HTTP client authenticates itself.
+        socketLink.sendControl({ type: "hello", protocolVersion: PROTOCOL_VERSION, jupyterPort: current.jupyterPort, jupyterToken: current.jupyterToken });
+        opts.logger.info(`[agent] relay tunnel connected for: ${current.sessionId}`);
         clearInterval(pingTimer);
-      }
-      if (closed) return;
-      const why = code === TUNNEL_CLOSE_SESSION_ENDED ? "session ended" : `code ${code}`;
-      opts.logger.info(`[agent] relay tunnel down for ${current.sessionId} (${why}), redialling`);
-      scheduleRedial();
-    });
+        pingTimer = setInterval(() => {
+          if (!alive) return socketLink.terminate();
+          alive = false;
+          socketLink.ping();
+        }, pingIntervalMs);
+        pingTimer.unref();
+        for (const resolve of connectedWaiters) resolve();
+        connectedWaiters = [];
+      },
+      (err: Error) => {
+        dialing = false;
+        if (closed) return;
+        if (err instanceof WebSocketRefusedError) opts.logger.error(`[agent] relay tunnel refused (HTTP ${err.status}) for ${current.sessionId}`);
+        scheduleRedial();
+      },
+    );
   };
 
   return {
@@ -139,8 +139,6 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
       reg = attachment;
       upstream = new RelayUpstream({
         port: attachment.jupyterPort,
-        token: attachment.jupyterToken,
-        basePath: attachment.basePath,
         maxWindowBytes: opts.maxStreamWindowBytes ?? 4 * DEFAULT_STREAM_WINDOW_BYTES,
       });
       opts.logger.info(
@@ -153,9 +151,8 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
       closed = true;
       clearTimeout(retryTimer);
       clearInterval(pingTimer);
-      link?.abortAll("TUNNEL_CLOSED", "agent closing the tunnel");
-      ws?.close(1000, "agent closing");
-      ws?.terminate();
+      link?.close(1000, "agent closing");
+      link?.terminate();
       upstream?.close();
     },
     onEvent(listener: (event: TunnelEvent) => void): () => void {
@@ -167,7 +164,7 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
     },
     counters: () => ({ ...(upstream?.counters ?? { rxBytes: 0, txBytes: 0, lastActivity: 0 }) }),
     dropConnection(): void {
-      ws?.terminate();
+      link?.terminate();
     },
     waitConnected(timeoutMs: number): Promise<void> {
       if (link?.isOpen) return Promise.resolve();

@@ -18,8 +18,7 @@ const DEFAULT_METER_FLUSH_BYTES = 256 * 1024;
  * against the lock (cookie + locking IP) and metered towards the session's bandwidth cap.
  */
 export function createRelay(ctx: RelayContext, options: RelayOptions = {}): RelayPlugin {
-  const hub = new TunnelHub(ctx, options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS);
-  const meter = new RelayMeter(
+  const meter: RelayMeter = new RelayMeter(
     ctx.sessions,
     (sessionId) => {
       ctx.logger.warn(`[relay] bandwidth cap reached: ${sessionId}`);
@@ -29,7 +28,17 @@ export function createRelay(ctx: RelayContext, options: RelayOptions = {}): Rela
     options.meterFlushBytes ?? DEFAULT_METER_FLUSH_BYTES,
     options.meterFlushMs ?? DEFAULT_METER_FLUSH_MS,
   );
-  const renter = new RenterRelay(ctx, hub, meter, options.streamWindowBytes ?? DEFAULT_STREAM_WINDOW_BYTES);
+  const hub = new TunnelHub(
+    ctx,
+    options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS,
+    options.streamWindowBytes ?? DEFAULT_STREAM_WINDOW_BYTES,
+    (sessionId) => ({
+      onSent: (bytes) => meter.addRx(sessionId, bytes),
+      onReceived: (bytes) => meter.addTx(sessionId, bytes),
+    }),
+    options.helloTimeoutMs,
+  );
+  const renter = new RenterRelay(ctx, hub, meter);
   const unsubscribe = ctx.sessions.onSessionEnded((sessionId, reason) => {
     hub.endSession(sessionId, reason === "BANDWIDTH_EXCEEDED" ? "BANDWIDTH_EXCEEDED" : "TUNNEL_CLOSED", `session ended (${reason})`);
   });

@@ -1,6 +1,5 @@
 import { STATUS_CODES } from "node:http";
 import type { Duplex } from "node:stream";
-import type { HeaderList } from "@runit/protocol";
 
 /** Writes a JSON error response on a raw socket (an upgrade we refuse) and closes it. */
 export function writeRawError(socket: Duplex, status: number, body: unknown): void {
@@ -18,9 +17,13 @@ export function writeRawError(socket: Duplex, status: number, body: unknown): vo
   setTimeout(() => socket.destroy(), 1000).unref();
 }
 
-/** The status line and headers of a response written on a raw socket (upgrades). */
-export function rawResponseHead(status: number, statusMessage: string | undefined, headers: HeaderList): string {
-  const lines = [`HTTP/1.1 ${status} ${statusMessage ?? STATUS_CODES[status] ?? ""}`];
-  for (const [name, value] of headers) lines.push(`${name}: ${value.replace(/[\r\n]/g, "")}`);
+/**
+ * The status line and headers (a flat name/value list, as parsed by Node's HTTP client) of a
+ * response written on a raw socket (upgrades). CR and LF cannot occur in parsed values; they are
+ * removed anyway so no value can ever start a header of its own.
+ */
+export function rawResponseHead(status: number, statusMessage: string | undefined, headers: string[]): string {
+  const lines = [`HTTP/1.1 ${status} ${(statusMessage ?? STATUS_CODES[status] ?? "").replace(/[\r\n]/g, "")}`];
+  for (let i = 0; i + 1 < headers.length; i += 2) lines.push(`${headers[i]}: ${(headers[i + 1] as string).replace(/[\r\n]/g, "")}`);
   return `${lines.join("\r\n")}\r\n\r\n`;
 }

@@ -1,33 +1,77 @@
-import type { HeaderList } from "@runit/protocol";
-import { HOP_BY_HOP_HEADERS } from "@runit/relay-link";
+/**
+ * Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are never relayed: not from
+ * the renter's connection to Jupyter's, nor back.
+ */
+const HOP_BY_HOP_HEADERS: ReadonlySet<string> = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
 
 // The renter's credentials for the control plane (the runit_access cookie, any Authorization)
-// must never reach Jupyter: the agent authenticates to Jupyter with its own token.
-const RENTER_CREDENTIALS = new Set(["authorization", "cookie"]);
+// must never reach Jupyter: the relay authenticates to Jupyter with the session's own token.
+const RENTER_CREDENTIALS: ReadonlySet<string> = new Set(["authorization", "cookie"]);
+// Answered by the control plane's own HTTP server already (100 Continue).
+const ANSWERED_HERE: ReadonlySet<string> = new Set(["expect"]);
 
-function pairs(raw: string[]): HeaderList {
-  const list: HeaderList = [];
-  for (let i = 0; i + 1 < raw.length; i += 2) list.push([raw[i] as string, raw[i + 1] as string]);
-  return list;
+/** Where a session's Jupyter listens on its provider host, and its token (from the agent's hello). */
+export interface JupyterUpstream {
+  port: number;
+  token: string;
 }
 
-/** The renter's request headers as sent to the agent; an upgrade keeps Upgrade/Connection. */
-export function requestHeadersForTunnel(rawHeaders: string[], upgrade: boolean): HeaderList {
-  const kept = pairs(rawHeaders).filter(([name]) => {
+/**
+ * The request headers sent to Jupyter, as a flat name/value list: the renter's own minus its
+ * credentials, hop-by-hop headers and Host; Host (and Origin, when present) set to Jupyter's own
+ * address so its same-origin and DNS-rebinding checks pass; Jupyter's token added. Cross-site
+ * requests never get this far: the relay cookie is SameSite=Strict and bound to the locking IP.
+ * A request with a body that came without Content-Length is sent chunked, so its framing towards
+ * Jupyter is always explicit.
+ */
+export function upstreamRequestHeaders(rawHeaders: string[], upstream: JupyterUpstream, upgrade: boolean): string[] {
+  const host = `127.0.0.1:${upstream.port}`;
+  const out: string[] = [];
+  let hasBody = false;
+  let hasLength = false;
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
     const lower = name.toLowerCase();
-    return !RENTER_CREDENTIALS.has(lower) && !HOP_BY_HOP_HEADERS.has(lower);
-  });
-  if (upgrade) kept.push(["Connection", "Upgrade"], ["Upgrade", "websocket"]);
-  return kept;
+    if (lower === "transfer-encoding") hasBody = true;
+    if (lower === "content-length") hasLength = true;
+    if (lower === "host" || RENTER_CREDENTIALS.has(lower) || HOP_BY_HOP_HEADERS.has(lower) || ANSWERED_HERE.has(lower)) continue;
+    out.push(name, lower === "origin" ? `http://${host}` : (rawHeaders[i + 1] as string));
+  }
+  out.push("Host", host, "Authorization", `token ${upstream.token}`);
+  if (upgrade) out.push("Connection", "Upgrade", "Upgrade", "websocket");
+  else if (hasBody && !hasLength) out.push("Transfer-Encoding", "chunked");
+  return out;
 }
 
-/** Jupyter's response headers as sent to the renter; a 101 keeps Upgrade/Connection. */
-export function responseHeadersForRenter(headers: HeaderList, status: number): HeaderList {
-  return headers.filter(([name]) => {
+/** Jupyter's response headers as sent to the renter (flat list); a 101 keeps Upgrade/Connection. */
+export function responseHeadersForRenter(rawHeaders: string[], status: number): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
     const lower = name.toLowerCase();
-    if (status === 101 && (lower === "upgrade" || lower === "connection")) return true;
-    return !HOP_BY_HOP_HEADERS.has(lower);
-  });
+    if (HOP_BY_HOP_HEADERS.has(lower) && !(status === 101 && (lower === "upgrade" || lower === "connection"))) continue;
+    out.push(name, rawHeaders[i + 1] as string);
+  }
+  return out;
+}
+
+/** A flat name/value header list without the headers named `lowerName`. */
+export function withoutHeader(headers: string[], lowerName: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    if ((headers[i] as string).toLowerCase() !== lowerName) out.push(headers[i] as string, headers[i + 1] as string);
+  }
+  return out;
 }
 
 /** The value of one cookie in a Cookie header, or undefined. */

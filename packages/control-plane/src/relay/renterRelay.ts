@@ -1,28 +1,25 @@
-import type { IncomingMessage, ServerResponse } from "node:http";
+import { request, type ClientRequest, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
-import {
-  RELAY_COOKIE_NAME,
-  RunitError,
-  toRunitError,
-  type ErrorBody,
-  type TunnelErrorCode,
-} from "@runit/protocol";
+import { RELAY_COOKIE_NAME, RunitError, toRunitError, type ErrorBody } from "@runit/protocol";
+import { TunnelStreamError } from "@runit/relay-link";
 import { rawResponseHead, writeRawError } from "./rawHttp.js";
-import { readCookie, requestHeadersForTunnel, responseHeadersForRenter } from "./relayHeaders.js";
+import { readCookie, responseHeadersForRenter, upstreamRequestHeaders, withoutHeader } from "./relayHeaders.js";
 import type { RelayMeter } from "./relayMeter.js";
-import type { TunnelHub } from "./tunnelHub.js";
-import type { TunnelStream } from "@runit/relay-link";
+import type { LiveTunnel, TunnelHub } from "./tunnelHub.js";
 import type { RelayContext } from "./types.js";
 
 const SESSION_PATH = /^\/s\/([^/?#]+)(\/[^?#]*)?(\?.*)?$/;
 
-/** The renter's side of the relay: authorizes `/s/<id>/...` and carries it over the session's tunnel. */
+/**
+ * The renter's side of the relay: authorizes every `/s/<id>/...` request and upgrade (cookie +
+ * locking IP) and sends it with Node's HTTP client to the session's Jupyter, over the connection
+ * pool of the session's tunnel (`TunnelHub`).
+ */
 export class RenterRelay {
   constructor(
     private readonly ctx: RelayContext,
     private readonly hub: TunnelHub,
     private readonly meter: RelayMeter,
-    private readonly windowBytes: number,
   ) {}
 
   /**
@@ -86,91 +83,92 @@ export class RenterRelay {
     }
   }
 
-  private openStream(req: IncomingMessage, sessionId: string, url: string, upgrade: boolean): TunnelStream {
-    const link = this.hub.linkFor(sessionId);
-    if (!link) throw new RunitError("TUNNEL_UNAVAILABLE");
-    const stream = link.createStream(this.windowBytes, {
-      onSent: (bytes) => this.meter.addRx(sessionId, bytes),
-      onReceived: (bytes) => this.meter.addTx(sessionId, bytes),
-    });
-    if (!stream) throw new RunitError("TUNNEL_UNAVAILABLE", "Too many open requests on this session");
-    this.meter.touch(sessionId);
-    link.send({
-      type: "open",
-      streamId: stream.id,
-      method: (req.method ?? "GET").toUpperCase(),
-      path: url,
-      headers: requestHeadersForTunnel(req.rawHeaders, upgrade),
-      upgrade,
-      window: this.windowBytes,
-    });
-    stream.setPeerWindow(this.windowBytes);
-    return stream;
-  }
-
   private relayHttp(req: IncomingMessage, res: ServerResponse, sessionId: string, url: string): void {
-    let stream: TunnelStream;
-    try {
-      stream = this.openStream(req, sessionId, url, false);
-    } catch (err) {
-      return sendError(res, toRunitError(err));
-    }
-    stream.onAbort((code, message) => {
-      if (!res.headersSent) sendError(res, abortError(code, message));
+    const tunnel = this.hub.tunnelFor(sessionId);
+    if (!tunnel) return sendError(res, new RunitError("TUNNEL_UNAVAILABLE"));
+    this.meter.touch(sessionId);
+    const upstream = this.upstreamRequest(tunnel, req.method ?? "GET", url, req.rawHeaders, false);
+    upstream.on("error", (err) => {
+      if (!res.headersSent) sendError(res, relayError(err));
       else res.destroy();
     });
     res.on("close", () => {
-      if (!res.writableFinished) stream.abort("CLIENT_GONE", "renter went away");
+      if (!res.writableFinished) upstream.destroy();
     });
-    stream.onResponse((frame) => {
+    upstream.on("response", (answer) => {
+      answer.on("aborted", () => res.destroy());
+      answer.on("error", () => res.destroy());
+      const status = answer.statusCode ?? 502;
       try {
-        res.statusCode = frame.status;
-        if (frame.statusMessage) res.statusMessage = frame.statusMessage;
-        for (const [name, value] of responseHeadersForRenter(frame.headers, frame.status)) res.appendHeader(name, value);
+        res.writeHead(status, answer.statusMessage, responseHeadersForRenter(answer.rawHeaders, status));
       } catch (err) {
-        // Defence in depth: the frame schema already refuses what Node would refuse here.
-        for (const name of res.getHeaderNames()) res.removeHeader(name);
-        return stream.abort("BAD_FRAME", `unusable response head: ${(err as Error).message}`);
+        // Defence in depth: Node's parser already refuses what writeHead would refuse.
+        answer.destroy();
+        return sendError(res, new RunitError("TUNNEL_UNAVAILABLE", `Jupyter sent an unusable response head (${(err as Error).message})`));
       }
-      stream.attachSink(res);
+      answer.pipe(res);
     });
-    stream.attachSource(req);
+    req.pipe(upstream);
   }
 
   private relayUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, sessionId: string, url: string): void {
-    let stream: TunnelStream;
-    try {
-      stream = this.openStream(req, sessionId, url, true);
-    } catch (err) {
-      const error = toRunitError(err);
+    const tunnel = this.hub.tunnelFor(sessionId);
+    if (!tunnel) {
+      const error = new RunitError("TUNNEL_UNAVAILABLE");
       return writeRawError(socket, error.status, error.toBody());
     }
+    this.meter.touch(sessionId);
+    const upstream = this.upstreamRequest(tunnel, "GET", url, req.rawHeaders, true);
     let answered = false;
-    stream.onAbort((code, message) => {
-      if (!answered) return writeRawError(socket, 502, abortError(code, message).toBody());
+    upstream.on("error", (err) => {
+      if (!answered) return writeRawError(socket, 502, relayError(err).toBody());
       socket.destroy();
     });
-    socket.on("close", () => stream.abort("CLIENT_GONE", "renter went away"));
-    stream.onResponse((frame) => {
+    socket.on("close", () => upstream.destroy());
+    upstream.on("upgrade", (answer, jupyter, jupyterHead) => {
       answered = true;
-      let headers = responseHeadersForRenter(frame.headers, frame.status);
-      if (frame.status !== 101) {
-        // A refused upgrade: the body is delimited by closing the connection.
-        headers = headers.filter(([name]) => name.toLowerCase() !== "content-length");
-        headers.push(["Connection", "close"]);
-      }
-      socket.write(rawResponseHead(frame.status, frame.statusMessage, headers));
-      stream.attachSink(socket);
-      if (frame.status === 101) stream.attachSource(socket, head);
-      else stream.endLocal();
+      jupyter.setTimeout(0); // the pool's idle limit was for pooled HTTP connections
+      socket.write(rawResponseHead(101, answer.statusMessage, responseHeadersForRenter(answer.rawHeaders, 101)));
+      if (jupyterHead.length > 0) socket.write(jupyterHead);
+      if (head.length > 0) jupyter.write(head);
+      jupyter.on("error", () => socket.destroy());
+      jupyter.on("close", () => socket.destroy());
+      socket.on("error", () => jupyter.destroy());
+      socket.on("close", () => jupyter.destroy());
+      jupyter.pipe(socket);
+      socket.pipe(jupyter);
+    });
+    upstream.on("response", (answer) => {
+      // A refused upgrade: relayed as Jupyter's status and body, delimited by closing the connection.
+      answered = true;
+      const status = answer.statusCode ?? 502;
+      const headers = withoutHeader(responseHeadersForRenter(answer.rawHeaders, status), "content-length");
+      socket.write(rawResponseHead(status, answer.statusMessage, [...headers, "Connection", "close"]));
+      answer.on("error", () => socket.destroy());
+      answer.pipe(socket);
+    });
+    upstream.end();
+  }
+
+  /** An HTTP request to the session's Jupyter over the tunnel's connection pool. */
+  private upstreamRequest(tunnel: LiveTunnel, method: string, url: string, rawHeaders: string[], upgrade: boolean): ClientRequest {
+    return request({
+      agent: tunnel.pool,
+      host: "127.0.0.1",
+      port: tunnel.upstream.port,
+      method,
+      path: url,
+      headers: upstreamRequestHeaders(rawHeaders, tunnel.upstream, upgrade),
+      setHost: false,
     });
   }
 }
 
-/** What a renter sees when a stream dies before its response started. */
-function abortError(code: TunnelErrorCode, message: string): RunitError {
-  if (code === "BANDWIDTH_EXCEEDED") return new RunitError("BANDWIDTH_EXCEEDED");
-  return new RunitError("TUNNEL_UNAVAILABLE", `${new RunitError("TUNNEL_UNAVAILABLE").message} (${message})`);
+/** What a renter sees when its request to Jupyter failed before the response started. */
+function relayError(err: Error): RunitError {
+  if (err instanceof TunnelStreamError && err.code === "BANDWIDTH_EXCEEDED") return new RunitError("BANDWIDTH_EXCEEDED");
+  const why = err instanceof TunnelStreamError ? err.message : "connection to Jupyter lost";
+  return new RunitError("TUNNEL_UNAVAILABLE", `${new RunitError("TUNNEL_UNAVAILABLE").message} (${why})`);
 }
 
 function sendError(res: ServerResponse, error: RunitError): void {

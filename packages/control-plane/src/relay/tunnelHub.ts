@@ -1,53 +1,90 @@
-import type { IncomingMessage } from "node:http";
+import { Agent, type ClientRequestArgs, type IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { WebSocketServer, type WebSocket } from "ws";
 import {
-  MAX_CONTROL_FRAME_BYTES,
   PROTOCOL_VERSION,
+  TUNNEL_CLOSE_BAD_HELLO,
   TUNNEL_CLOSE_REPLACED,
   TUNNEL_CLOSE_SESSION_ENDED,
   maskSecret,
   RunitError,
   toRunitError,
+  type HelloFrame,
   type TunnelErrorCode,
 } from "@runit/protocol";
-import { TunnelLink } from "@runit/relay-link";
+import { TunnelLink, TunnelStreamError, acceptWebSocket, checkWebSocketRequest, type StreamMeter } from "@runit/relay-link";
 import { writeRawError } from "./rawHttp.js";
+import type { JupyterUpstream } from "./relayHeaders.js";
 import type { RelayContext } from "./types.js";
+
+/** Upstream connections one session may have open at once (renters' WebSockets not counted). */
+const MAX_POOLED_CONNECTIONS = 32;
+/** An idle pooled connection is closed after this long (Jupyter's own idle limit is an hour). */
+const POOLED_IDLE_MS = 30_000;
+
+/**
+ * Node's HTTP client connection pool, with tunnel streams for connections: each new connection is
+ * a stream the agent connects to Jupyter, kept alive between requests like a TCP connection.
+ */
+class UpstreamPool extends Agent {
+  constructor(
+    private readonly link: TunnelLink,
+    private readonly windowBytes: number,
+    private readonly meter: StreamMeter,
+  ) {
+    super({ keepAlive: true, maxSockets: MAX_POOLED_CONNECTIONS, maxFreeSockets: MAX_POOLED_CONNECTIONS, timeout: POOLED_IDLE_MS, scheduling: "lifo" });
+  }
+
+  override createConnection(_options: ClientRequestArgs, callback?: (err: Error | null, stream: Duplex) => void): Duplex | undefined {
+    const stream = this.link.openStream(this.windowBytes, this.meter);
+    if (!stream) {
+      callback?.(new TunnelStreamError("TOO_MANY_STREAMS", "too many open connections on this session"), undefined as unknown as Duplex);
+      return undefined;
+    }
+    // Errors reach the request using the stream; an idle pooled stream has nobody to tell.
+    stream.on("error", () => undefined);
+    return stream;
+  }
+}
+
+/** A session's tunnel once its agent said hello: where to send renter requests. */
+export interface LiveTunnel {
+  pool: Agent;
+  upstream: JupyterUpstream;
+}
 
 interface AgentTunnel {
   link: TunnelLink;
-  ws: WebSocket;
   alive: boolean;
+  live: LiveTunnel | undefined;
+  helloTimer: NodeJS.Timeout | undefined;
 }
 
 /**
- * The agents' side of the relay: accepts `GET /agent/tunnel` upgrades authenticated by the
- * session secret, keeps one tunnel per session (a newer one replaces an older one), pings them,
- * and tells the store when a session's tunnel comes and goes.
+ * The agents' side of the relay: accepts `GET /agent/tunnel` WebSocket handshakes authenticated
+ * by the session secret, keeps one tunnel per session (a newer one replaces an older one), pings
+ * them, and tells the store when a session's tunnel comes and goes. A tunnel counts as up once the
+ * agent's hello told where Jupyter listens.
  */
 export class TunnelHub {
   private readonly tunnels = new Map<string, AgentTunnel>();
-  private readonly wss = new WebSocketServer({
-    noServer: true,
-    maxPayload: MAX_CONTROL_FRAME_BYTES,
-    perMessageDeflate: false,
-  });
   private readonly pingTimer: NodeJS.Timeout;
 
   constructor(
     private readonly ctx: RelayContext,
     pingIntervalMs: number,
+    private readonly windowBytes: number,
+    private readonly meterFor: (sessionId: string) => StreamMeter,
+    private readonly helloTimeoutMs = 10_000,
   ) {
     this.pingTimer = setInterval(() => this.pingAll(), pingIntervalMs);
     this.pingTimer.unref();
   }
 
-  /** The live tunnel link of a session, if its agent is connected. */
-  linkFor(sessionId: string): TunnelLink | undefined {
+  /** The live tunnel of a session, if its agent is connected. */
+  tunnelFor(sessionId: string): LiveTunnel | undefined {
     const tunnel = this.tunnels.get(sessionId);
-    return tunnel?.link.isOpen ? tunnel.link : undefined;
+    return tunnel?.link.isOpen ? tunnel.live : undefined;
   }
 
   /** Number of connected tunnels and live streams. */
@@ -57,7 +94,7 @@ export class TunnelHub {
     return { tunnels: this.tunnels.size, streams };
   }
 
-  /** Handles an upgrade of `/agent/tunnel`. */
+  /** Handles an upgrade of `/agent/tunnel`: secret and registering IP first, then the handshake. */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on("error", () => socket.destroy());
     const ip = this.ctx.clientIp(req);
@@ -72,17 +109,19 @@ export class TunnelHub {
       this.ctx.logger.warn(`[relay] tunnel refused from ${ip} (secret ${maskSecret(secret)}): ${found.code}`);
       return writeRawError(socket, found.status, found.toBody());
     }
-    const { sessionId } = found;
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.register(sessionId, ws, socket as Socket));
+    const notWebSocket = checkWebSocketRequest(req);
+    if (notWebSocket) return writeRawError(socket, 400, new RunitError("INVALID_BODY", notWebSocket).toBody());
+    acceptWebSocket(req, socket);
+    this.register(found.sessionId, socket as Socket, head);
   }
 
   /** Ends a session's tunnel and streams (session ended, cap reached). */
   endSession(sessionId: string, code: TunnelErrorCode, message: string): void {
     const tunnel = this.tunnels.get(sessionId);
     if (!tunnel) return;
-    this.tunnels.delete(sessionId);
     tunnel.link.abortAll(code, message);
-    tunnel.ws.close(TUNNEL_CLOSE_SESSION_ENDED, code);
+    this.drop(sessionId, tunnel);
+    tunnel.link.close(TUNNEL_CLOSE_SESSION_ENDED, code);
   }
 
   /** Aborts the live streams of a session without closing its tunnel. */
@@ -94,38 +133,62 @@ export class TunnelHub {
   async close(): Promise<void> {
     clearInterval(this.pingTimer);
     for (const [sessionId, tunnel] of this.tunnels) {
-      this.tunnels.delete(sessionId);
-      tunnel.ws.terminate();
+      this.drop(sessionId, tunnel);
+      tunnel.link.terminate();
     }
-    await new Promise<void>((resolve) => this.wss.close(() => resolve()));
   }
 
-  private register(sessionId: string, ws: WebSocket, socket: Socket): void {
+  private register(sessionId: string, socket: Socket, head: Buffer): void {
     const previous = this.tunnels.get(sessionId);
     if (previous) {
-      this.tunnels.delete(sessionId);
-      previous.ws.close(TUNNEL_CLOSE_REPLACED, "replaced by a newer tunnel");
+      this.drop(sessionId, previous);
+      previous.link.close(TUNNEL_CLOSE_REPLACED, "replaced by a newer tunnel");
     }
-    const tunnel: AgentTunnel = {
-      ws,
-      alive: true,
-      link: new TunnelLink(ws, {
+    const tunnel: AgentTunnel = { alive: true, live: undefined, helloTimer: undefined, link: undefined as unknown as TunnelLink };
+    tunnel.link = new TunnelLink(
+      socket,
+      "server",
+      {
+        onHello: (frame) => this.hello(sessionId, tunnel, frame),
+        onPong: () => (tunnel.alive = true),
         onPeerError: (code, message) => this.ctx.logger.warn(`[relay] agent of ${sessionId} refused a frame: ${code} ${message}`),
-      }, socket),
-    };
+        onClose: () => {
+          if (this.tunnels.get(sessionId) !== tunnel) return;
+          this.drop(sessionId, tunnel);
+          this.ctx.logger.info(`[relay] tunnel down: ${sessionId}`);
+        },
+      },
+      head,
+    );
     this.tunnels.set(sessionId, tunnel);
-    ws.on("pong", () => (tunnel.alive = true));
-    ws.on("message", () => (tunnel.alive = true));
-    ws.on("error", () => ws.terminate());
-    ws.on("close", () => {
-      if (this.tunnels.get(sessionId) !== tunnel) return;
-      this.tunnels.delete(sessionId);
-      this.ctx.logger.info(`[relay] tunnel down: ${sessionId}`);
-      this.report(sessionId, false);
-    });
-    tunnel.link.send({ type: "welcome", sessionId, protocolVersion: PROTOCOL_VERSION });
+    tunnel.helloTimer = setTimeout(() => tunnel.link.close(TUNNEL_CLOSE_BAD_HELLO, "no hello"), this.helloTimeoutMs);
+    tunnel.helloTimer.unref();
+    tunnel.link.sendControl({ type: "welcome", sessionId, protocolVersion: PROTOCOL_VERSION });
+  }
+
+  private hello(sessionId: string, tunnel: AgentTunnel, frame: HelloFrame): void {
+    if (tunnel.live || this.tunnels.get(sessionId) !== tunnel) return;
+    clearTimeout(tunnel.helloTimer);
+    if (frame.protocolVersion !== PROTOCOL_VERSION) {
+      this.ctx.logger.warn(`[relay] agent of ${sessionId} speaks tunnel protocol ${frame.protocolVersion}, not ${PROTOCOL_VERSION}`);
+      return tunnel.link.close(TUNNEL_CLOSE_BAD_HELLO, `protocol version ${PROTOCOL_VERSION} required`);
+    }
+    tunnel.live = {
+      pool: new UpstreamPool(tunnel.link, this.windowBytes, this.meterFor(sessionId)),
+      upstream: { port: frame.jupyterPort, token: frame.jupyterToken },
+    };
     this.ctx.logger.info(`[relay] tunnel up: ${sessionId}`);
     this.report(sessionId, true);
+  }
+
+  /** Forgets a session's tunnel: its pool is destroyed, the store told it is down. */
+  private drop(sessionId: string, tunnel: AgentTunnel): void {
+    if (this.tunnels.get(sessionId) === tunnel) this.tunnels.delete(sessionId);
+    clearTimeout(tunnel.helloTimer);
+    if (!tunnel.live) return;
+    tunnel.live.pool.destroy();
+    tunnel.live = undefined;
+    this.report(sessionId, false);
   }
 
   private report(sessionId: string, connected: boolean): void {
@@ -139,11 +202,11 @@ export class TunnelHub {
   private pingAll(): void {
     for (const tunnel of this.tunnels.values()) {
       if (!tunnel.alive) {
-        tunnel.ws.terminate();
+        tunnel.link.terminate();
         continue;
       }
       tunnel.alive = false;
-      tunnel.ws.ping();
+      tunnel.link.ping();
     }
   }
 }

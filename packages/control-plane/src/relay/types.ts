@@ -43,6 +43,8 @@ export interface RelayOptions {
   streamWindowBytes?: number;
   /** How often the control plane pings each agent tunnel; a tunnel silent for two pings is dropped. */
   pingIntervalMs?: number;
+  /** How long a new tunnel may take to send its hello before it is closed (default 10 s). */
+  helloTimeoutMs?: number;
   /** Relayed bytes are reported to the store at least this often… */
   meterFlushMs?: number;
   /** …or as soon as this many bytes are pending for a session. */
