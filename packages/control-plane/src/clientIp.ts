@@ -49,14 +49,24 @@ function normalizeAddr(addr: ipaddr.IPv4 | ipaddr.IPv6): ipaddr.IPv4 | ipaddr.IP
   return addr;
 }
 
+// normalizeIp runs on every request (the relay checks the locking IP each time); parsing is the
+// costly part and a pure function of the text, so results are remembered (bounded).
+const normalized = new Map<string, string>();
+const MAX_REMEMBERED = 4096;
+
 /** Canonical text of an address (`::ffff:127.0.0.1` → `127.0.0.1`); non-addresses come back as-is. */
 export function normalizeIp(ip: string | undefined): string {
   if (!ip) return "unknown";
+  let canonical = normalized.get(ip);
+  if (canonical !== undefined) return canonical;
   try {
-    return normalizeAddr(ipaddr.parse(ip)).toString();
+    canonical = normalizeAddr(ipaddr.parse(ip)).toString();
   } catch {
-    return ip;
+    canonical = ip;
   }
+  if (normalized.size >= MAX_REMEMBERED) normalized.clear();
+  normalized.set(ip, canonical);
+  return canonical;
 }
 
 function isTrusted(trust: TrustProxy & { kind: "cidrs" }, ip: string): boolean {

@@ -44,8 +44,37 @@ export class RelayAccess extends SessionLifecycle {
     return session;
   }
 
-  /** May `accessToken` (the relay cookie) from `ip` use session `sessionId`? Refusals are logged. */
+  /**
+   * May `accessToken` (the relay cookie) from `ip` use session `sessionId`? Refusals are logged.
+   * Runs on every relayed request: a live LOCKED session with no timer due is decided from one
+   * read (`relayGate`); anything else takes the full path that may end the session first.
+   */
   authorizeRelay(sessionId: string, accessToken: string | undefined, ip: string): RelayAuthorization {
+    const gate = this.sessionsDb.relayGate(sessionId);
+    const now = this.clock.now();
+    const lock = gate?.lock;
+    const nothingDue =
+      gate?.status === "LOCKED" &&
+      lock !== undefined &&
+      !gate.keyRevoked &&
+      now - Math.max(gate.providerSeenAt, this.startedAt) <= this.rules.providerStaleMs &&
+      now <= this.lockExpiresAt({ ...lock, lockedAt: 0 });
+    if (!nothingDue) return this.authorizeRelaySlowly(sessionId, accessToken, ip);
+    this.markLive(sessionId);
+    if (!accessToken || hashSecret(accessToken) !== lock.tokenHash) {
+      this.securityLog("RELAY_ACCESS_DENIED", { sessionId, ip, accessToken: accessToken ?? "" });
+      return { ok: false, error: new RunitError(accessToken ? "LOCK_REQUIRED" : "INVALID_ACCESS_TOKEN") };
+    }
+    if (lock.ip !== ip) {
+      this.securityLog("SESSION_HIJACK_ATTEMPT", { sessionId, ip, expectedIp: lock.ip, role: "relay" });
+      return { ok: false, error: new RunitError("IP_MISMATCH") };
+    }
+    this.relayActivity.set(sessionId, now);
+    return { ok: true };
+  }
+
+  /** `authorizeRelay` for a session that is not plainly live: ends it first if a timer ran out. */
+  private authorizeRelaySlowly(sessionId: string, accessToken: string | undefined, ip: string): RelayAuthorization {
     const found = this.sessionsDb.byId(sessionId);
     const session = found ? this.expireIfDue(found) : undefined;
     const lockHash = session?.status === "LOCKED" ? this.sessionsDb.lockTokenHashOf(sessionId) : undefined;

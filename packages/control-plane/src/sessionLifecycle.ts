@@ -124,6 +124,11 @@ export class SessionLifecycle {
     }
   }
 
+  /** Notes that this process saw `sessionId` live (see `noticeEnded`). */
+  protected markLive(sessionId: string): void {
+    this.knownLive.add(sessionId);
+  }
+
   /**
    * Ends `session` if its provider key was revoked (OPERATOR) or one of its timers has run out;
    * returns the session as it now stands.
@@ -144,7 +149,7 @@ export class SessionLifecycle {
       if (lock && now > this.lockExpiresAt(lock)) ended = this.endSession(session.sessionId, "LOCK_TIMEOUT");
     }
     if (!ended) {
-      this.knownLive.add(session.sessionId);
+      this.markLive(session.sessionId);
       return session;
     }
     return this.sessionsDb.byId(session.sessionId) ?? session;

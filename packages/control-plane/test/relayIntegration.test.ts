@@ -38,6 +38,34 @@ describe("relay integration points", () => {
     expect(server.events("SESSION_HIJACK_ATTEMPT")).toEqual([{ sessionId, ip: "127.0.0.2", expectedIp: "127.0.0.1", role: "relay" }]);
   });
 
+  // authorizeRelay decides a plainly live session from one read; this guards that the shortcut
+  // never admits a request a timer or a revocation should have refused.
+  it("authorizeRelay refuses, and ends, a session whose lock or provider timed out or whose key was revoked", async () => {
+    const server = await startTestServer({ lockTimeoutMs: 60_000, providerStaleMs: 120_000 });
+    const admitted = async (setup: (sessionId: string, token: string) => void, reason: string): Promise<void> => {
+      const { sessionId } = await registerSession(server);
+      const token = await connectRenter(server, sessionId);
+      expect(server.sessions.authorizeRelay(sessionId, token, "127.0.0.1")).toEqual({ ok: true });
+      setup(sessionId, token);
+      const answer = server.sessions.authorizeRelay(sessionId, token, "127.0.0.1");
+      expect(answer.ok || answer.error.code).toBe("INVALID_ACCESS_TOKEN");
+      expect(server.store.db.prepare("SELECT status, end_reason FROM sessions WHERE id = ?").get(sessionId)).toEqual({ status: "ENDED", end_reason: reason });
+    };
+    await admitted(() => server.clock.advance(60_001), "LOCK_TIMEOUT");
+    await admitted((sessionId, token) => {
+      // The renter keeps the lock alive through the relay; the provider goes silent.
+      for (let i = 0; i < 4; i++) {
+        server.clock.advance(30_000);
+        expect(server.sessions.authorizeRelay(sessionId, token, "127.0.0.1")).toEqual({ ok: true });
+      }
+      server.clock.advance(30_000);
+    }, "PROVIDER_STALE");
+    await admitted((sessionId) => {
+      const keyId = (server.store.db.prepare("SELECT provider_key_id FROM sessions WHERE id = ?").get(sessionId) as { provider_key_id: string }).provider_key_id;
+      server.store.db.prepare("UPDATE provider_keys SET revoked_at = ? WHERE id = ?").run(server.clock.now(), keyId);
+    }, "OPERATOR");
+  });
+
   it("recordRelayTraffic extends the lock and ends the session past the bandwidth cap", async () => {
     const server = await startTestServer({ bandwidthCapBytes: 1000, bandwidthWindowMs: 60_000, lockTimeoutMs: 60_000, providerStaleMs: 10_000_000 });
     const { sessionId, sessionSecret } = await registerSession(server);

@@ -32,6 +32,14 @@ export interface LockRecord {
   renterSeenAt: number;
 }
 
+/** What the relay needs to admit one request, read in one query: the session and its live lock. */
+export interface RelayGate {
+  status: SessionStatus;
+  providerSeenAt: number;
+  keyRevoked: boolean;
+  lock: { sessionId: string; tokenHash: string; ip: string; renterSeenAt: number } | undefined;
+}
+
 /** Everything stored at registration. */
 export interface NewSession {
   sessionId: string;
@@ -154,6 +162,23 @@ export class SessionStore {
       | SessionRow
       | undefined;
     return row ? toSession(row) : undefined;
+  }
+
+  /** The relay's per-request read: session state and live lock together (no JSON decoding). */
+  relayGate(id: string): RelayGate | undefined {
+    const row = this.sql(
+      `SELECT s.status, s.provider_seen_at,
+         (SELECT revoked_at IS NOT NULL FROM provider_keys WHERE provider_keys.id = s.provider_key_id) AS key_revoked,
+         l.token_hash, l.ip, l.renter_seen_at
+       FROM sessions s LEFT JOIN locks l ON l.session_id = s.id AND l.released_at IS NULL
+       WHERE s.id = ?`,
+    ).get(id) as
+      | { status: SessionStatus; provider_seen_at: number; key_revoked: number; token_hash: string | null; ip: string | null; renter_seen_at: number | null }
+      | undefined;
+    if (!row) return undefined;
+    const lock =
+      row.token_hash === null ? undefined : { sessionId: id, tokenHash: row.token_hash, ip: row.ip ?? "", renterSeenAt: row.renter_seen_at ?? 0 };
+    return { status: row.status, providerSeenAt: row.provider_seen_at, keyRevoked: row.key_revoked === 1, lock };
   }
 
   /** One session by the hash of its secret. */
