@@ -1,7 +1,9 @@
 /* global process */
 // The agent's relay tunnel on its own, in its own process, for the benchmark: attaches to a
 // control plane and a Jupyter given in the environment (never argv, so no secret shows in ps).
-import { createRelayTunnel } from "@runit/agent";
+import { createRelayTunnel, tuneGcForRelay } from "@runit/agent";
+
+tuneGcForRelay(); // as the agent CLI does
 
 const env = process.env;
 const tunnel = createRelayTunnel({ logger: { info: () => undefined, error: (l) => process.stderr.write(`${l}\n`) } });

@@ -2,6 +2,7 @@ import { Command, InvalidArgumentError } from "commander";
 import Docker from "dockerode";
 import { DEFAULT_CONTAINER_LIMITS } from "@runit/protocol";
 import { runAgent, type AgentHandle } from "./agent.js";
+import { tuneGcForRelay } from "@runit/relay-link";
 import { runDoctor } from "./doctor.js";
 import { DEFAULT_IMAGE } from "./docker/hardenedSpec.js";
 import { createLogger } from "./logger.js";
@@ -47,6 +48,7 @@ async function start(opts: Record<string, string | number | boolean | undefined>
   process.on("SIGINT", () => onSignal("SIGINT"));
   process.on("SIGTERM", () => onSignal("SIGTERM"));
   const idleMs = opts.idleTimeoutMs !== undefined ? Number(opts.idleTimeoutMs) : opts.idleTimeout !== undefined ? Number(opts.idleTimeout) * 1000 : undefined;
+  tuneGcForRelay();
   const handle = await runAgent({
     serverUrl: String(opts.server ?? process.env.RUNIT_SERVER ?? ""),
     providerKey: String(opts.key ?? process.env.RUNIT_PROVIDER_KEY ?? ""),

@@ -5,6 +5,7 @@ import { revokeProviderKey } from "./keyRevocation.js";
 import { createSecurityLog, type SecurityLog } from "./securityLog.js";
 import { createRelay } from "./relay/index.js"; // relay (issue 4): the built-in relay is always on
 import { startServer } from "./server.js";
+import { tuneGcForRelay } from "@runit/relay-link";
 import { RunitDatabase } from "./store/database.js";
 import { ProviderKeyStore } from "./store/providerKeys.js";
 
@@ -35,6 +36,7 @@ function buildProgram(): Command {
         config.port = opts.port;
       }
       if (opts.db) config.dbPath = opts.db;
+      tuneGcForRelay();
       await startServer({ config, handleSignals: true, relay: (ctx) => createRelay(ctx) });
     });
 
