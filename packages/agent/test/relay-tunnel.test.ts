@@ -5,15 +5,7 @@ import { createServer, type Server } from "node:http";
 import { createServer as createTcpServer, type AddressInfo, type Server as TcpServer, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { WebSocketServer, type RawData, type WebSocket } from "ws";
-import {
-  DATA_FRAME_HEADER_BYTES,
-  asSecret,
-  decodeControlFrame,
-  decodeDataFrameHeader,
-  encodeControlFrame,
-  encodeDataFrameHeader,
-  type TunnelControlFrame,
-} from "@runit/protocol";
+import { asSecret, decodeControlFrame, decodeDataFrame, encodeControlFrame, encodeDataFrame, type TunnelControlFrame } from "@runit/protocol";
 import { createRelayTunnel, type RelayTunnel } from "../src/tunnel/relay.js";
 
 const SESSION_ID = "1e2d3c4b-5a69-4788-96a5-b4c3d2e1f0a9";
@@ -49,8 +41,8 @@ async function startFakeControlPlane(options: { autoPong?: boolean } = {}): Prom
           if (decoded.ok) cp.frames.push(decoded.frame);
           return;
         }
-        const header = decodeDataFrameHeader(buf.subarray(0, DATA_FRAME_HEADER_BYTES), buf.length - DATA_FRAME_HEADER_BYTES);
-        if (header.ok) cp.bytes.set(header.streamId, Buffer.concat([cp.bytes.get(header.streamId) ?? Buffer.alloc(0), buf.subarray(DATA_FRAME_HEADER_BYTES)]));
+        const frame = decodeDataFrame(buf);
+        if (frame.ok) cp.bytes.set(frame.streamId, Buffer.concat([cp.bytes.get(frame.streamId) ?? Buffer.alloc(0), frame.payload]));
       });
     });
   });
@@ -138,7 +130,7 @@ function send(cp: FakeControlPlane, frame: TunnelControlFrame): void {
 }
 
 function sendData(cp: FakeControlPlane, streamId: number, payload: string | Buffer): void {
-  cp.sockets.at(-1)?.send(Buffer.concat([Buffer.from(encodeDataFrameHeader(streamId)), Buffer.from(payload)]));
+  cp.sockets.at(-1)?.send(encodeDataFrame(streamId, Buffer.from(payload)));
 }
 
 describe("relay tunnel (agent side)", () => {

@@ -5,12 +5,11 @@
 import { WebSocket, type RawData } from "ws";
 import {
   AGENT_TUNNEL_PATH,
-  DATA_FRAME_HEADER_BYTES,
   PROTOCOL_VERSION,
   decodeControlFrame,
-  decodeDataFrameHeader,
+  decodeDataFrame,
   encodeControlFrame,
-  encodeDataFrameHeader,
+  encodeDataFrame,
   type TunnelControlFrame,
 } from "@runit/protocol";
 
@@ -21,7 +20,7 @@ export const FAKE_JUPYTER_PORT = 48888;
 
 /** A binary data frame carrying `payload` on stream `streamId`. */
 export function dataFrame(streamId: number, payload: Uint8Array): Buffer {
-  return Buffer.concat([Buffer.from(encodeDataFrameHeader(streamId)), payload]);
+  return Buffer.from(encodeDataFrame(streamId, payload));
 }
 
 export class FakeAgent {
@@ -114,16 +113,15 @@ export class FakeAgent {
       if (decoded.ok) this.frames.push(decoded.frame);
       return;
     }
-    const header = decodeDataFrameHeader(data.subarray(0, DATA_FRAME_HEADER_BYTES), data.length - DATA_FRAME_HEADER_BYTES);
-    if (!header.ok) return;
-    const before = this.bytes.get(header.streamId) ?? Buffer.alloc(0);
-    const all = Buffer.concat([before, data.subarray(DATA_FRAME_HEADER_BYTES)]);
-    this.bytes.set(header.streamId, all);
+    const frame = decodeDataFrame(data);
+    if (!frame.ok) return;
+    const all = Buffer.concat([this.bytes.get(frame.streamId) ?? Buffer.alloc(0), frame.payload]);
+    this.bytes.set(frame.streamId, all);
     const text = all.toString("latin1");
-    const key = `${header.streamId}:${text.split("\r\n\r\n").length}`;
+    const key = `${frame.streamId}:${text.split("\r\n\r\n").length}`;
     if (this.autoAnswer && text.includes("\r\n\r\n") && !this.answered.has(key)) {
       this.answered.add(key);
-      this.sendData(header.streamId, this.autoAnswer(header.streamId, text));
+      this.sendData(frame.streamId, this.autoAnswer(frame.streamId, text));
     }
   }
 }

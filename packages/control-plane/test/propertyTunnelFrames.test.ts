@@ -2,10 +2,10 @@ import type { Socket } from "node:net";
 import fc from "fast-check";
 import { WebSocket } from "ws";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AGENT_TUNNEL_PATH, PROTOCOL_VERSION, TUNNEL_ERROR_CODES, encodeDataFrameHeader, relayBasePath } from "@runit/protocol";
+import { AGENT_TUNNEL_PATH, PROTOCOL_VERSION, TUNNEL_ERROR_CODES, relayBasePath } from "@runit/protocol";
 import { OPCODE, WebSocketReader, dialWebSocket, encodeFrame, encodeFrameHeader } from "@runit/relay-link";
 import { createRelay } from "../src/relay/index.js";
-import { FAKE_JUPYTER_TOKEN, FakeAgent, jsonResponse } from "./fakeAgent.js";
+import { FAKE_JUPYTER_TOKEN, FakeAgent, dataFrame, jsonResponse } from "./fakeAgent.js";
 import { call, registerSession, relayCookieFor, rememberSecret, startTestServer, stopAll, type TestServer } from "./harness.js";
 import { FUZZ_SEED, INPUTS_PER_SCHEMA, UNLIMITED, brokenJsonText, mutatedJson, type Json } from "./propertyFuzz.js";
 
@@ -54,7 +54,7 @@ const streamBytes = fc.oneof(
 
 /** Binary data frames: valid, wrong kind byte, short, random, oversized. */
 const dataMessages: fc.Arbitrary<string | Buffer> = fc.oneof(
-  { weight: 4, arbitrary: fc.tuple(streamId, streamBytes).map(([id, p]) => Buffer.concat([Buffer.from(encodeDataFrameHeader(Math.max(1, Math.min(id, 2 ** 32 - 1)))), p])) },
+  { weight: 4, arbitrary: fc.tuple(streamId, streamBytes).map(([id, p]) => dataFrame(Math.max(1, Math.min(id, 2 ** 32 - 1)), p)) },
   { weight: 2, arbitrary: fc.uint8Array({ maxLength: 16 }).map((b) => Buffer.from(b)) },
   { weight: 1, arbitrary: fc.tuple(fc.integer({ min: 0, max: 255 }), streamId).map(([kind, id]) => Buffer.from([kind, 0, 0, 0, id & 0xff, 1, 2, 3])) },
   { weight: 1, arbitrary: fc.constant(Buffer.concat([Buffer.from([1, 0, 0, 0, 1]), Buffer.alloc(256 * 1024 + 1)])) },

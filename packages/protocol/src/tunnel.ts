@@ -206,6 +206,25 @@ export function decodeDataFrameHeader(
 }
 
 /**
+ * One whole data frame (header and payload in one buffer), for senders that hand over whole
+ * WebSocket messages. The relay itself sends header and payload as two pieces of one writev.
+ */
+export function encodeDataFrame(streamId: number, payload: Uint8Array): Uint8Array {
+  const frame = new Uint8Array(DATA_FRAME_HEADER_BYTES + payload.byteLength);
+  encodeDataFrameHeader(streamId, frame);
+  frame.set(payload, DATA_FRAME_HEADER_BYTES);
+  return frame;
+}
+
+/** Decodes one whole data frame (a binary message received at once); the payload is a view. */
+export function decodeDataFrame(
+  message: Uint8Array,
+): { ok: true; streamId: number; payload: Uint8Array } | { ok: false; code: TunnelErrorCode; message: string; streamId?: number } {
+  const header = decodeDataFrameHeader(message.subarray(0, DATA_FRAME_HEADER_BYTES), Math.max(0, message.byteLength - DATA_FRAME_HEADER_BYTES));
+  return header.ok ? { ok: true, streamId: header.streamId, payload: message.subarray(DATA_FRAME_HEADER_BYTES) } : header;
+}
+
+/**
  * Send-side credit of one stream: how many bytes may still be sent before the peer grants more.
  * Pure accounting; the I/O glue on each side asks it before sending and feeds it `credit` frames.
  */

@@ -78,11 +78,8 @@ export class RelayUpstream {
       if (connected) stream.abort("UPSTREAM_ERROR", `Jupyter connection failed: ${err.message}`);
       else stream.abort("UPSTREAM_UNREACHABLE", `Jupyter unreachable: ${err.message}`);
     });
-    socket.on("close", () => {
-      this.sockets.delete(socket);
-      // Jupyter closed (or reset) the connection: once its last bytes are sent, so is the stream.
-      if (!stream.destroyed) stream.end();
-    });
+    socket.on("close", () => this.sockets.delete(socket));
+    // Jupyter closed its side: once its last bytes are sent, so is the stream (a reset is an error).
     socket.on("end", () => stream.end());
     stream.on("error", () => socket.destroy());
     stream.on("close", () => socket.destroy());
