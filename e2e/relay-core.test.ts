@@ -1,6 +1,7 @@
 // The relay's tunnel core with real sockets: the control plane's relay plugin in Express, the
 // agent's relay tunnel, and a local HTTP + WebSocket server standing in for Jupyter.
 import { createHash } from "node:crypto";
+import { request } from "node:http";
 import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
@@ -173,5 +174,79 @@ describe("relay tunnel core", () => {
     await waitFor(() => cp.sessions.tunnelStates.at(-1) === true, 2000, "setTunnelConnected(true)");
     const after = await fetchRaw(cp.port, `${BASE}api/status`, { headers: COOKIE });
     expect(after.status).toBe(200);
+  });
+});
+
+describe("relay: Jupyter that does not answer", () => {
+  let target: Target;
+  let cp: ControlPlane;
+  let tunnel: RelayTunnel;
+
+  beforeAll(async () => {
+    target = await startTarget();
+    cp = await startControlPlane({ responseTimeoutMs: 400 });
+    tunnel = await startAgentTunnel(cp, target);
+  });
+  afterAll(async () => {
+    await tunnel?.close();
+    await cp?.close();
+    await target?.close();
+  });
+
+  it("answers 504 UPSTREAM_TIMEOUT once Jupyter has not started its answer in time, and drops the connection to Jupyter", async () => {
+    const started = Date.now();
+    const res = await fetchRaw(cp.port, `${BASE}hang`, { headers: COOKIE });
+    expect(res.status).toBe(504);
+    expect(JSON.parse(res.body.toString())).toEqual({ error: "Jupyter did not answer in time", code: "UPSTREAM_TIMEOUT" });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(400);
+    // The agent was told to drop the stream: the hung connection to "Jupyter" is closed.
+    await waitFor(() => target.hangsClosed === 1, 2000, "the hung Jupyter connection to close");
+    await waitFor(() => cp.relay.stats().streams === 0, 2000, "the stream to be forgotten");
+    // The tunnel itself is fine.
+    expect((await fetchRaw(cp.port, `${BASE}api/status`, { headers: COOKIE })).status).toBe(200);
+  });
+
+  it("waits for a slow answer within the limit, and never cuts a body that has started", async () => {
+    const slow = await fetchRaw(cp.port, `${BASE}slow?ms=250`, { headers: COOKIE });
+    expect(slow.status).toBe(200);
+    expect(slow.body.toString()).toBe("slow");
+    // Head sent, body never ends: still open well past the limit.
+    const req = request({ host: "127.0.0.1", port: cp.port, path: `${BASE}hang-body`, headers: COOKIE, agent: false });
+    const body: Buffer[] = [];
+    let ended = false;
+    const status = await new Promise<number>((resolve, reject) => {
+      req.on("response", (res) => {
+        res.on("data", (c: Buffer) => body.push(c));
+        res.on("end", () => (ended = true));
+        res.on("error", () => undefined);
+        resolve(res.statusCode ?? 0);
+      });
+      req.on("error", reject);
+      req.end();
+    });
+    expect(status).toBe(200);
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(Buffer.concat(body).toString()).toBe("started");
+    expect(ended).toBe(false);
+    expect(cp.relay.stats().streams).toBe(1);
+    req.destroy();
+    await waitFor(() => cp.relay.stats().streams === 0, 2000, "the stream to close with the renter");
+  });
+
+  it("answers an upgrade Jupyter never completes with 504, and drops that connection too", async () => {
+    const before = target.hangsClosed;
+    const ws = new WebSocket(`ws://127.0.0.1:${cp.port}${BASE}hang-ws`, { headers: COOKIE });
+    const refused = await new Promise<{ status: number; body: string }>((resolve) => {
+      ws.once("unexpected-response", (_req, res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
+      });
+      ws.once("open", () => resolve({ status: 101, body: "" }));
+      ws.once("error", () => resolve({ status: -1, body: "" }));
+    });
+    expect(refused.status).toBe(504);
+    expect(JSON.parse(refused.body)).toEqual({ error: "Jupyter did not answer in time", code: "UPSTREAM_TIMEOUT" });
+    await waitFor(() => target.hangsClosed === before + 1, 2000, "the hung upgrade to close");
   });
 });

@@ -82,11 +82,13 @@ export interface Target {
   lastHeaders: IncomingHttpHeaders | undefined;
   /** Bytes the current /big response managed to hand to its socket. */
   bigWritten: number;
+  /** Connections of /hang requests (and hanging upgrades) that were closed from the relay's side. */
+  hangsClosed: number;
   close(): Promise<void>;
 }
 
 export async function startTarget(): Promise<Target> {
-  const target: Target = { port: 0, lastHeaders: undefined, bigWritten: 0, close: async () => undefined };
+  const target: Target = { port: 0, lastHeaders: undefined, bigWritten: 0, hangsClosed: 0, close: async () => undefined };
   const server = createServer((req, res) => {
     target.lastHeaders = req.headers;
     const url = new URL(req.url ?? "/", "http://x");
@@ -100,16 +102,29 @@ export async function startTarget(): Promise<Target> {
       req.on("end", () => res.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify({ length, sha256: hash.digest("hex") })));
       return;
     }
-    if (path === "/hang") return; // never answers: an in-flight request when the tunnel drops
+    if (path === "/hang") return void req.socket.once("close", () => target.hangsClosed++); // never answers
+    if (path === "/slow") return void setTimeout(() => res.writeHead(200).end("slow"), Number(url.searchParams.get("ms")));
     if (path === "/hang-body") return void res.writeHead(200).write("started");
     res.writeHead(404).end("no such path");
   });
-  const wss = new WebSocketServer({ server });
+  const wss = new WebSocketServer({ noServer: true });
+  const hungUpgrades = new Set<import("node:stream").Duplex>();
   wss.on("connection", (ws) => ws.on("message", (data, isBinary) => ws.send(data, { binary: isBinary })));
+  server.on("upgrade", (req, socket, head) => {
+    // /hang-ws: an upgrade Jupyter never answers.
+    if ((req.url ?? "").endsWith("/hang-ws")) {
+      hungUpgrades.add(socket);
+      socket.once("close", () => (hungUpgrades.delete(socket), target.hangsClosed++));
+      socket.once("end", () => socket.destroy()); // the server's sockets allow half-open
+      return void socket.resume(); // read, so that the peer's close is seen
+    }
+    wss.handleUpgrade(req, socket, head, (ws) => wss.emit("connection", ws, req));
+  });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   target.port = (server.address() as AddressInfo).port;
   target.close = async () => {
     for (const client of wss.clients) client.terminate();
+    for (const socket of hungUpgrades) socket.destroy();
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
   };

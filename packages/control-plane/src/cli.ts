@@ -37,7 +37,8 @@ function buildProgram(): Command {
       }
       if (opts.db) config.dbPath = opts.db;
       tuneGcForRelay();
-      await startServer({ config, handleSignals: true, relay: (ctx) => createRelay(ctx) });
+      const responseTimeoutMs = loadConfig(process.env).relayResponseTimeoutMs;
+      await startServer({ config, handleSignals: true, relay: (ctx) => createRelay(ctx, { responseTimeoutMs }) });
     });
 
   const keys = program.command("keys").description("manage provider API keys");

@@ -29,6 +29,8 @@ export interface ServerConfig {
   bandwidthWindowMs: number;
   /** How long SIGTERM waits for in-flight requests before closing their sockets. */
   shutdownDrainMs: number;
+  /** How long the relay waits for Jupyter's response head once a request is sent (504 after). */
+  relayResponseTimeoutMs: number;
 }
 
 /** A configuration value that cannot be used; the CLI prints it and exits non-zero. */
@@ -40,6 +42,9 @@ export class ConfigError extends Error {
 }
 
 type Env = Record<string, string | undefined>;
+
+/** Jupyter answers in milliseconds; a request that started a long job (a big save, an export) may take a while. */
+export const DEFAULT_RELAY_RESPONSE_TIMEOUT_MS = 120_000;
 
 function intFrom(env: Env, name: string, fallback: number, min = 0): number {
   const raw = env[name];
@@ -111,5 +116,6 @@ export function loadConfig(env: Env = process.env): ServerConfig {
     bandwidthCapBytes: intFrom(env, "RUNIT_BANDWIDTH_CAP_BYTES", DEFAULT_LIMITS.bandwidthCapBytes, 1),
     bandwidthWindowMs: intFrom(env, "RUNIT_BANDWIDTH_WINDOW_MS", DEFAULT_LIMITS.bandwidthWindowMs, 1),
     shutdownDrainMs: intFrom(env, "RUNIT_SHUTDOWN_DRAIN_MS", 10_000),
+    relayResponseTimeoutMs: intFrom(env, "RUNIT_RELAY_RESPONSE_TIMEOUT_MS", DEFAULT_RELAY_RESPONSE_TIMEOUT_MS, 1),
   };
 }

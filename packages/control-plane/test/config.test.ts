@@ -23,6 +23,7 @@ describe("loadConfig", () => {
       sweepIntervalMs: DEFAULT_TIMERS.sweepIntervalMs,
       maxJsonBodyBytes: 65536,
       bandwidthCapBytes: DEFAULT_LIMITS.bandwidthCapBytes,
+      relayResponseTimeoutMs: 120_000,
       rateLimits: { registration: { max: 10, windowMs: 300_000 } },
     });
   });
@@ -38,7 +39,9 @@ describe("loadConfig", () => {
       RUNIT_RATE_REGISTRATION_MAX: "3",
       RUNIT_RATE_RENTER_WINDOW_MS: "500",
       RUNIT_BANDWIDTH_CAP_BYTES: "1024",
+      RUNIT_RELAY_RESPONSE_TIMEOUT_MS: "30000",
     });
+    expect(config.relayResponseTimeoutMs).toBe(30_000);
     expect(config.port).toBe(0);
     expect(config.corsOrigins).toEqual(["https://a.example", "https://b.example"]);
     expect(config.tunnelHostSuffixes).toEqual(["tunnels.example.org", "trycloudflare.com"]);
@@ -50,6 +53,7 @@ describe("loadConfig", () => {
   it("refuses unusable values, naming the variable", () => {
     expect(() => loadConfig({ RUNIT_LOCK_TIMEOUT_MS: "soon" })).toThrow(/RUNIT_LOCK_TIMEOUT_MS/);
     expect(() => loadConfig({ RUNIT_CORS_ORIGINS: "*" })).toThrow(/RUNIT_CORS_ORIGINS/);
+    expect(() => loadConfig({ RUNIT_RELAY_RESPONSE_TIMEOUT_MS: "0" })).toThrow(/RUNIT_RELAY_RESPONSE_TIMEOUT_MS/);
     expect(() => loadConfig({ RUNIT_TUNNEL_HOST_SUFFIXES: "com" })).toThrow(/RUNIT_TUNNEL_HOST_SUFFIXES/);
     for (const blanket of ["true", "*", "all", "0.0.0.0/0", "::/0", "nonsense"]) {
       expect(() => loadConfig({ RUNIT_TRUST_PROXY: blanket }), blanket).toThrow(/RUNIT_TRUST_PROXY/);

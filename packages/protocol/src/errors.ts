@@ -24,6 +24,7 @@ export const ERROR_CODES = [
   "RATE_LIMITED",
   "BANDWIDTH_EXCEEDED",
   "TUNNEL_UNAVAILABLE",
+  "UPSTREAM_TIMEOUT",
   "STORE_UNAVAILABLE",
   "INTERNAL",
 ] as const;
@@ -52,6 +53,7 @@ export const ERROR_STATUS: Record<ErrorCode, number> = {
   RATE_LIMITED: 429,
   BANDWIDTH_EXCEEDED: 403,
   TUNNEL_UNAVAILABLE: 502,
+  UPSTREAM_TIMEOUT: 504,
   STORE_UNAVAILABLE: 503,
   INTERNAL: 500,
 };
@@ -80,6 +82,7 @@ export const ERROR_MESSAGES: Record<ErrorCode, string> = {
   RATE_LIMITED: "Too many requests, please try again later",
   BANDWIDTH_EXCEEDED: "Bandwidth limit exceeded",
   TUNNEL_UNAVAILABLE: "The provider is not reachable right now",
+  UPSTREAM_TIMEOUT: "Jupyter did not answer in time",
   STORE_UNAVAILABLE: "Store unavailable",
   INTERNAL: "Internal error",
 };

@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { AGENT_TUNNEL_PATH, DEFAULT_STREAM_WINDOW_BYTES, toRunitError } from "@runit/protocol";
+import { DEFAULT_RELAY_RESPONSE_TIMEOUT_MS } from "../config.js";
 import { RelayMeter } from "./relayMeter.js";
 import { RenterRelay } from "./renterRelay.js";
 import { TunnelHub } from "./tunnelHub.js";
@@ -38,7 +39,7 @@ export function createRelay(ctx: RelayContext, options: RelayOptions = {}): Rela
     }),
     options.helloTimeoutMs,
   );
-  const renter = new RenterRelay(ctx, hub, meter);
+  const renter = new RenterRelay(ctx, hub, meter, options.responseTimeoutMs ?? DEFAULT_RELAY_RESPONSE_TIMEOUT_MS);
   const unsubscribe = ctx.sessions.onSessionEnded((sessionId, reason) => {
     hub.endSession(sessionId, reason === "BANDWIDTH_EXCEEDED" ? "BANDWIDTH_EXCEEDED" : "TUNNEL_CLOSED", `session ended (${reason})`);
   });

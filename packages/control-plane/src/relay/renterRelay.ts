@@ -10,6 +10,14 @@ import type { RelayContext } from "./types.js";
 
 const SESSION_PATH = /^\/s\/([^/?#]+)(\/[^?#]*)?(\?.*)?$/;
 
+/** Jupyter did not start its answer within the relay's response timeout. */
+class ResponseTimeoutError extends Error {
+  constructor(ms: number) {
+    super(`Jupyter did not answer within ${ms} ms`);
+    this.name = "ResponseTimeoutError";
+  }
+}
+
 /**
  * The renter's side of the relay: authorizes every `/s/<id>/...` request and upgrade (cookie +
  * locking IP) and sends it with Node's HTTP client to the session's Jupyter, over the connection
@@ -20,6 +28,7 @@ export class RenterRelay {
     private readonly ctx: RelayContext,
     private readonly hub: TunnelHub,
     private readonly meter: RelayMeter,
+    private readonly responseTimeoutMs: number,
   ) {}
 
   /**
@@ -88,6 +97,7 @@ export class RenterRelay {
     if (!tunnel) return sendError(res, new RunitError("TUNNEL_UNAVAILABLE"));
     this.meter.touch(sessionId);
     const upstream = this.upstreamRequest(tunnel, req.method ?? "GET", url, req.rawHeaders, false);
+    this.limitWaitForAnswer(upstream, sessionId);
     upstream.on("error", (err) => {
       if (!res.headersSent) sendError(res, relayError(err));
       else res.destroy();
@@ -119,10 +129,12 @@ export class RenterRelay {
     }
     this.meter.touch(sessionId);
     const upstream = this.upstreamRequest(tunnel, "GET", url, req.rawHeaders, true);
+    this.limitWaitForAnswer(upstream, sessionId);
     let answered = false;
     upstream.on("error", (err) => {
-      if (!answered) return writeRawError(socket, 502, relayError(err).toBody());
-      socket.destroy();
+      if (answered) return socket.destroy();
+      const error = relayError(err);
+      writeRawError(socket, error.status, error.toBody());
     });
     socket.on("close", () => upstream.destroy());
     upstream.on("upgrade", (answer, jupyter, jupyterHead) => {
@@ -150,6 +162,30 @@ export class RenterRelay {
     upstream.end();
   }
 
+  /**
+   * Gives Jupyter `responseTimeoutMs` from the moment the whole request is sent to start its
+   * answer; past that the request, and with it the pooled connection, is destroyed (the agent is
+   * told to drop its Jupyter connection) and the renter gets 504. Once the head has arrived the
+   * body may take any time: downloads and kernel WebSockets are long by nature.
+   */
+  private limitWaitForAnswer(upstream: ClientRequest, sessionId: string): void {
+    let timer: NodeJS.Timeout | undefined;
+    const start = (): void => {
+      timer = setTimeout(() => {
+        this.ctx.logger.warn(`[relay] Jupyter did not answer within ${this.responseTimeoutMs} ms: ${sessionId}`);
+        upstream.destroy(new ResponseTimeoutError(this.responseTimeoutMs));
+      }, this.responseTimeoutMs);
+    };
+    const stop = (): void => {
+      clearTimeout(timer);
+      upstream.off("finish", start);
+    };
+    upstream.once("finish", start);
+    upstream.once("response", stop);
+    upstream.once("upgrade", stop);
+    upstream.once("close", stop);
+  }
+
   /** An HTTP request to the session's Jupyter over the tunnel's connection pool. */
   private upstreamRequest(tunnel: LiveTunnel, method: string, url: string, rawHeaders: string[], upgrade: boolean): ClientRequest {
     return request({
@@ -166,6 +202,7 @@ export class RenterRelay {
 
 /** What a renter sees when its request to Jupyter failed before the response started. */
 function relayError(err: Error): RunitError {
+  if (err instanceof ResponseTimeoutError) return new RunitError("UPSTREAM_TIMEOUT");
   if (err instanceof TunnelStreamError && err.code === "BANDWIDTH_EXCEEDED") return new RunitError("BANDWIDTH_EXCEEDED");
   const why = err instanceof TunnelStreamError ? err.message : "connection to Jupyter lost";
   return new RunitError("TUNNEL_UNAVAILABLE", `${new RunitError("TUNNEL_UNAVAILABLE").message} (${why})`);

@@ -45,6 +45,12 @@ export interface RelayOptions {
   pingIntervalMs?: number;
   /** How long a new tunnel may take to send its hello before it is closed (default 10 s). */
   helloTimeoutMs?: number;
+  /**
+   * How long Jupyter may take to start its answer (the response head, or the 101 of an upgrade)
+   * once the renter's request has been sent; then the renter gets 504 UPSTREAM_TIMEOUT and the
+   * upstream connection is dropped (default 120 s). A body that has started may take any time.
+   */
+  responseTimeoutMs?: number;
   /** Relayed bytes are reported to the store at least this often… */
   meterFlushMs?: number;
   /** …or as soon as this many bytes are pending for a session. */
