@@ -97,6 +97,8 @@ describe("the renter page in a real browser", () => {
     await output.waitFor({ timeout: 60_000 });
     expect((await output.innerText()).trim()).toBe("42");
     await jupyter.screenshot({ path: join(ARTIFACTS, "jupyter-through-relay.png") });
+    // Jupyter's own cookies (login, `_xsrf` at Path=/) never land on the control plane's origin.
+    expect((await renterA.cookies()).map((c) => c.name)).toEqual(["runit_access"]);
 
     await pageA.bringToFront();
     await pageA.screenshot({ path: join(ARTIFACTS, "renter-desktop-connected.png"), fullPage: true });

@@ -64,6 +64,22 @@ describe("relay to a real Jupyter", () => {
     expect(log).toMatch(/SESSION_HIJACK_ATTEMPT: \{"sessionId":"[0-9a-f-]+","ip":"127\.0\.0\.2"/);
   });
 
+  it("serves Jupyter's pages without setting a cookie on the control plane's origin, and its POSTs need none", async () => {
+    // Unrelayed, Jupyter sets a login cookie and `_xsrf` at Path=/ on this page.
+    const page = await fetchRaw(stack.cp.port, `${base}tree`, { headers: { Cookie: stack.cookie } });
+    expect(page.status).toBe(200);
+    expect(page.body.toString()).toContain("<html");
+    expect(page.headers["set-cookie"]).toBeUndefined();
+    // No `_xsrf` cookie or header: the relay's token authentication is what Jupyter checks.
+    const created = await fetchRaw(stack.cp.port, `${base}api/contents`, {
+      method: "POST",
+      headers: { Cookie: stack.cookie, "Content-Type": "application/json" },
+      body: Buffer.from(JSON.stringify({ type: "notebook" })),
+    });
+    expect(created.status).toBe(201);
+    expect((JSON.parse(created.body.toString()) as { type: string }).type).toBe("notebook");
+  });
+
   it("runs 1+1 on a kernel started through the relay, over Jupyter's WebSocket protocol", async () => {
     expect(await onePlusOneThroughRelay(stack.cp.port, base, stack.cookie)).toBe("2");
   });

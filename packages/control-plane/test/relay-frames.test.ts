@@ -153,6 +153,39 @@ describe("relay: the control plane's tunnel endpoint", () => {
     renter.destroy();
   });
 
+  it("keeps Jupyter's origin-wide response headers (cookies, Clear-Site-Data, HSTS, ...) off the control plane's origin", async () => {
+    const originWide =
+      "Set-Cookie: _xsrf=2|abc; Path=/\r\n" +
+      `Set-Cookie: username-x=1; HttpOnly; Path=/s/${SESSION_ID}/\r\n` +
+      'Clear-Site-Data: "*"\r\n' +
+      "Service-Worker-Allowed: /\r\n" +
+      "Strict-Transport-Security: max-age=63072000; includeSubDomains\r\n" +
+      'Alt-Svc: h2="elsewhere.example:443"\r\n' +
+      'NEL: {"report_to":"p","max_age":86400}\r\n' +
+      'Report-To: {"group":"p","max_age":86400,"endpoints":[{"url":"https://provider.example/r"}]}\r\n';
+    agent.autoAnswer = () => jsonResponse({ ok: 1 }, `${originWide}Content-Security-Policy: frame-ancestors 'self'\r\nX-Kept: yes\r\n`);
+    const reply = await call(server.url, "GET", `/s/${SESSION_ID}/tree`, { headers: { Cookie: cookie } });
+    agent.autoAnswer = undefined;
+    expect(reply.status).toBe(200);
+    expect(reply.json).toEqual({ ok: 1 });
+    for (const name of ["set-cookie", "clear-site-data", "service-worker-allowed", "strict-transport-security", "alt-svc", "nel", "report-to"]) {
+      expect(reply.headers[name], name).toBeUndefined();
+    }
+    expect(reply.headers["content-security-policy"]).toBe("frame-ancestors 'self'");
+    expect(reply.headers["x-kept"]).toBe("yes");
+  });
+
+  it("refuses to fetch a service worker script through the relay (404), without asking Jupyter", async () => {
+    const before = [...agent.bytes.values()].reduce((n, b) => n + b.length, 0);
+    const opens = agent.frames.filter((f) => f.type === "open").length;
+    const reply = await call(server.url, "GET", `/s/${SESSION_ID}/sw.js`, { headers: { Cookie: cookie, "Service-Worker": "script" } });
+    expect(reply.status).toBe(404);
+    expect(reply.json).toEqual({ error: "Service workers are not relayed", code: "NOT_FOUND" });
+    await agent.barrier();
+    expect([...agent.bytes.values()].reduce((n, b) => n + b.length, 0)).toBe(before);
+    expect(agent.frames.filter((f) => f.type === "open").length).toBe(opens);
+  });
+
   it("answers 502 to a response head Node's parser refuses (control character in a header), without crashing", async () => {
     agent.autoAnswer = () => "HTTP/1.1 200 OK\r\nX-Evil: a\u0001b\r\nContent-Length: 2\r\n\r\nok";
     const reply = await call(server.url, "GET", `/s/${SESSION_ID}/x`, { headers: { Cookie: cookie } });

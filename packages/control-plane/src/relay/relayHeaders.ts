@@ -53,12 +53,35 @@ export function upstreamRequestHeaders(rawHeaders: string[], upstream: JupyterUp
   return out;
 }
 
-/** Jupyter's response headers as sent to the renter (flat list); a 101 keeps Upgrade/Connection. */
+// Response headers that act on a whole origin (host), never on one page or path. A session's pages
+// share the control plane's origin, so from Jupyter these would reach the renter page and every
+// other session: Set-Cookie (Jupyter sets `_xsrf` at Path=/, so two sessions overwrite each
+// other's, and a hostile provider could flood the origin with cookies until every request to the
+// control plane is refused), Clear-Site-Data (wipes the origin's cookies and storage), a service
+// worker's widened scope, HSTS and Alt-Svc (how the browser reaches the host), NEL/Report-To
+// (reports on the origin's traffic sent to an endpoint of the provider's choosing). Jupyter
+// loses nothing: the relay never sends it a cookie (it authenticates with the token, which
+// also skips Jupyter's XSRF check).
+const ORIGIN_WIDE_HEADERS: ReadonlySet<string> = new Set([
+  "set-cookie",
+  "clear-site-data",
+  "service-worker-allowed",
+  "strict-transport-security",
+  "alt-svc",
+  "nel",
+  "report-to",
+]);
+
+/**
+ * Jupyter's response headers as sent to the renter (flat list): without hop-by-hop headers (a 101
+ * keeps Upgrade/Connection) and without the origin-wide ones above.
+ */
 export function responseHeadersForRenter(rawHeaders: string[], status: number): string[] {
   const out: string[] = [];
   for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
     const lower = name.toLowerCase();
+    if (ORIGIN_WIDE_HEADERS.has(lower)) continue;
     if (HOP_BY_HOP_HEADERS.has(lower) && !(status === 101 && (lower === "upgrade" || lower === "connection"))) continue;
     out.push(name, rawHeaders[i + 1] as string);
   }

@@ -60,6 +60,9 @@ export class RenterRelay {
     }
     const denied = this.authorize(req, sessionId);
     if (denied) return sendError(res, denied);
+    // A service worker registered from a session's page would live on the control plane's
+    // origin after the session; its script is never fetched through the relay.
+    if (req.headers["service-worker"] !== undefined) return sendError(res, new RunitError("NOT_FOUND", "Service workers are not relayed"));
     this.relayHttp(req, res, sessionId, url);
   }
 
