@@ -3,11 +3,13 @@
 // real sockets. Needs the builds: `pnpm exec tsc -b packages/control-plane packages/agent`.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { connect as connectTcp } from "node:net";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { agentContainers, cleanupDocker, requireDocker } from "./agent-harness.js";
@@ -19,6 +21,7 @@ const root = fileURLToPath(new URL("..", import.meta.url));
 const cpBin = join(root, "packages/control-plane/bin/runit-control-plane.js");
 const agentBin = join(root, "packages/agent/bin/runit-agent.js");
 const MB = 1024 * 1024;
+const tlsFixtures = join(root, "e2e/fixtures/tls");
 
 interface Proc {
   child: ChildProcess;
@@ -151,6 +154,65 @@ describe("relay with real processes (control plane CLI + agent CLI + container)"
     const after = await fetchRaw(cpPort, `${base}api/status`, { headers: { Cookie: cookie } });
     expect(after.status).toBe(200);
   });
+});
+
+describe("an agent behind TLS: https:// registration and a wss:// tunnel through a TLS-terminating front", () => {
+  const tag = randomBytes(4).toString("hex");
+  const agentName = `relay-tls-${tag}`;
+  const network = `runit-tls-${tag}`;
+  const dir = mkdtempSync(join(tmpdir(), "runit-relay-tls-"));
+  const db = join(dir, "runit.db");
+  const protocols: string[] = [];
+  let cp: Proc | undefined;
+  let agent: Proc | undefined;
+  // What an operator's TLS terminator does: TLS in, plain TCP to the control plane.
+  const front = createTlsServer({ key: readFileSync(join(tlsFixtures, "server.key")), cert: readFileSync(join(tlsFixtures, "server.pem")) }, (tls: TLSSocket) => {
+    protocols.push(tls.getProtocol() ?? "?");
+    const plain = connectTcp(cpPort, "127.0.0.1");
+    tls.pipe(plain).pipe(tls);
+    tls.on("error", () => plain.destroy());
+    plain.on("error", () => tls.destroy());
+    tls.on("close", () => plain.destroy());
+    plain.on("close", () => tls.destroy());
+  });
+  let cpPort = 0;
+
+  afterAll(async () => {
+    await stopProc(agent, 30_000);
+    await stopProc(cp, 10_000);
+    front.close();
+    await cleanupDocker(agentName, network);
+    rmSync(dir, { recursive: true, force: true });
+  }, 60_000);
+
+  it("registers over https, relays over wss, and the renter reaches Jupyter (api/status, kernel 1+1)", async () => {
+    await requireDocker();
+    const { stdout } = await run("node", [cpBin, "keys", "create", "--name", "relay-tls", "--db", db]);
+    const key = stdout.trim().split("\n").at(-1) as string;
+    cp = startProc([cpBin, "--port", "0", "--db", db]);
+    cpPort = Number((await waitForMatch(() => cp?.text(), /listening on port (\d+)/, 20_000))[1]);
+    await new Promise<void>((resolve) => front.listen(0, "127.0.0.1", resolve));
+    const frontPort = (front.address() as { port: number }).port;
+    agent = startProc(
+      [agentBin, "start", "--server", `https://127.0.0.1:${frontPort}`, "--name", agentName, "--network", network,
+        "--workspace-root", join(dir, "workspaces"), "--state-dir", join(dir, "state"), "--memory", "1g", "--cpus", "1", "--pids", "200"],
+      { RUNIT_PROVIDER_KEY: key, NODE_EXTRA_CA_CERTS: join(tlsFixtures, "ca.pem") },
+    );
+    const sessionId = (await waitForMatch(() => agent?.text(), /session registered: ([0-9a-f-]{36})/, 90_000))[1] as string;
+    await waitForMatch(() => cp?.text(), new RegExp(`TUNNEL_CONNECTED: \\{"sessionId":"${sessionId}"`), 20_000);
+    // Registration, heartbeats and the tunnel all came through the front, over TLS 1.3.
+    expect(protocols.length).toBeGreaterThanOrEqual(2);
+    expect(new Set(protocols)).toEqual(new Set(["TLSv1.3"]));
+    const base = `/s/${sessionId}/`;
+    const connect = await fetchRaw(cpPort, `/renter/sessions/${sessionId}/connect`, { method: "POST" });
+    expect(connect.status).toBe(201);
+    const access = await fetchRaw(cpPort, `/access/${(JSON.parse(connect.body.toString()) as { accessToken: string }).accessToken}`);
+    const cookie = String(access.headers["set-cookie"]?.[0]).split(";")[0] as string;
+    const status = await fetchRaw(cpPort, `${base}api/status`, { headers: { Cookie: cookie } });
+    expect(status.status).toBe(200);
+    expect(Object.keys(JSON.parse(status.body.toString()) as object).sort()).toEqual(["connections", "kernels", "last_activity", "started"]);
+    expect(await onePlusOneThroughRelay(cpPort, base, cookie)).toBe("2");
+  }, 150_000);
 });
 
 async function waitForMatch(text: () => string | undefined, pattern: RegExp, timeoutMs: number): Promise<RegExpExecArray> {
