@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { chromium, type Browser } from "playwright-core";
 import { startServer, type RunningServer } from "../packages/control-plane/src/index.js";
+import type { ServerConfig } from "../packages/control-plane/src/config.js";
 import { createRelay } from "../packages/control-plane/src/relay/index.js";
 import { ProviderKeyStore } from "../packages/control-plane/src/store/providerKeys.js";
 import { runAgent, type AgentHandle } from "../packages/agent/src/index.js";
@@ -74,7 +75,7 @@ export interface Stack {
 }
 
 /** Starts the control plane (relay on) and one agent offering sessions through the relay. */
-export async function startStack(): Promise<Stack> {
+export async function startStack(overrides: Partial<ServerConfig> = {}): Promise<Stack> {
   const dir = mkdtempSync(join(tmpdir(), "runit-browser-"));
   const out: string[] = [];
   const sink = { write: (s: string) => void out.push(s) };
@@ -94,6 +95,7 @@ export async function startStack(): Promise<Stack> {
         provider: { max: 100_000, windowMs: 60_000 },
         renter: { max: 100_000, windowMs: 60_000 },
       },
+      ...overrides,
     },
     relay: (ctx) => createRelay(ctx, { pingIntervalMs: 1000 }),
   });

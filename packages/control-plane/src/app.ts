@@ -16,6 +16,7 @@ import { createOperatorRoutes } from "./routes/operator.js";
 import { createProviderRoutes } from "./routes/provider.js";
 import { createRenterRoutes } from "./routes/renter.js";
 import { createSecurityLog, type SecurityLog } from "./securityLog.js";
+import { sessionHostOf } from "./sessionOrigin.js";
 import { SessionService } from "./sessionService.js";
 import { SessionStore } from "./store/sessionStore.js";
 import type { RunitDatabase } from "./store/database.js";
@@ -113,6 +114,7 @@ export function createApp(deps: AppDeps): RunitApp {
       sessions,
       clientIp,
       isHttps: (req) => isHttpsRequest(req, config.trustProxy),
+      sessionHost: (req) => (config.sessionOrigin ? sessionHostOf(config.sessionOrigin, req) : undefined),
       renterLimiter: limiter("renter"),
     }),
   );

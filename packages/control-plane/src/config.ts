@@ -1,5 +1,6 @@
 import { DEFAULT_LIMITS, DEFAULT_PORT, DEFAULT_TIMERS } from "@runit/protocol";
 import { parseTrustProxy, type TrustProxy } from "./clientIp.js";
+import { parseSessionOrigin, type SessionOrigin } from "./sessionOrigin.js";
 
 /** One rate-limited route class: at most `max` requests per `windowMs` per client IP. */
 export interface RateLimitSetting {
@@ -31,6 +32,8 @@ export interface ServerConfig {
   shutdownDrainMs: number;
   /** How long the relay waits for Jupyter's response head once a request is sent (504 after). */
   relayResponseTimeoutMs: number;
+  /** Each relayed session on a host of its own (RUNIT_SESSION_ORIGIN); undefined: all on this host. */
+  sessionOrigin: SessionOrigin | undefined;
 }
 
 /** A configuration value that cannot be used; the CLI prints it and exits non-zero. */
@@ -71,6 +74,14 @@ function suffixesFrom(env: Env): string[] {
     }
   }
   return suffixes;
+}
+
+function sessionOriginFrom(env: Env): SessionOrigin | undefined {
+  const raw = env.RUNIT_SESSION_ORIGIN;
+  if (raw === undefined || raw.trim() === "") return undefined;
+  const parsed = parseSessionOrigin(raw);
+  if (typeof parsed === "string") throw new ConfigError(`RUNIT_SESSION_ORIGIN: ${parsed}, got "${raw}"`);
+  return parsed;
 }
 
 function originsFrom(env: Env): string[] {
@@ -117,5 +128,6 @@ export function loadConfig(env: Env = process.env): ServerConfig {
     bandwidthWindowMs: intFrom(env, "RUNIT_BANDWIDTH_WINDOW_MS", DEFAULT_LIMITS.bandwidthWindowMs, 1),
     shutdownDrainMs: intFrom(env, "RUNIT_SHUTDOWN_DRAIN_MS", 10_000),
     relayResponseTimeoutMs: intFrom(env, "RUNIT_RELAY_RESPONSE_TIMEOUT_MS", DEFAULT_RELAY_RESPONSE_TIMEOUT_MS, 1),
+    sessionOrigin: sessionOriginFrom(env),
   };
 }

@@ -4,6 +4,7 @@ import { createApp, type RelayFactory, type RunitApp } from "./app.js";
 import { systemClock, type Clock } from "./clock.js";
 import { loadConfig, type ServerConfig } from "./config.js";
 import type { LineWriter } from "./logger.js";
+import { sessionHostGate } from "./sessionOrigin.js";
 import { RunitDatabase } from "./store/database.js";
 
 /** Options of `startServer`. Anything not given comes from the environment (`loadConfig`). */
@@ -56,7 +57,9 @@ export async function startServer(options: StartServerOptions = {}): Promise<Run
   // The relay's fast path: renter traffic on /s/<id>/... skips Express (its routing cost is most
   // of a small relayed request's control-plane time); everything else goes to the app.
   const relayFast = runit.relay?.handleRequest?.bind(runit.relay);
+  const hostGate = config.sessionOrigin ? sessionHostGate(config.sessionOrigin) : undefined;
   const server = createServer((req, res) => {
+    if (hostGate?.request(req, res)) return;
     if (relayFast) {
       // Counted like the app counts its own requests (its first middleware).
       const count = (): void => runit.metrics.httpRequests.inc({ method: req.method ?? "", status: String(res.statusCode) });
@@ -69,6 +72,7 @@ export async function startServer(options: StartServerOptions = {}): Promise<Run
   server.on("upgrade", (req, socket, head) => {
     // A reset socket must not crash the process before (or after) someone takes it.
     socket.on("error", () => socket.destroy());
+    if (hostGate?.upgrade(req, socket)) return;
     let taken = false;
     try {
       taken = runit.relay?.handleUpgrade(req, socket, head) ?? false;

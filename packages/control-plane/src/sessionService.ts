@@ -18,19 +18,27 @@ import { hashSecret, newSecret } from "./secretTokens.js";
 import type { SecurityLog } from "./securityLog.js";
 import { RelayAccess } from "./relayAccess.js";
 import type { SessionRules } from "./sessionLifecycle.js";
+import { sessionOriginOf, type SessionOrigin } from "./sessionOrigin.js";
 import type { RunitDatabase } from "./store/database.js";
 import { ProviderKeyStore } from "./store/providerKeys.js";
 import type { LockRecord, SessionRecord } from "./store/sessionStore.js";
 
-/** What the session service needs beyond the timers: the allowed cloudflared suffixes. */
+/** What the session service needs beyond the timers: cloudflared suffixes, per-session origins. */
 export interface SessionServiceConfig extends SessionRules {
   tunnelHostSuffixes: readonly string[];
+  sessionOrigin?: SessionOrigin | undefined;
 }
 
 /** Where `/access/:token` sends the renter, and the cookie it sets on the way (relay mode). */
 export interface AccessRedirect {
   location: string;
   cookie?: string;
+  /**
+   * Answer with a page that moves on to `location` itself instead of a 302: on a session host the
+   * renter arrives from the renter page's site, and a browser withholds a SameSite=Strict cookie
+   * from every request of a navigation another site started, redirects included.
+   */
+  viaPage?: boolean;
 }
 
 /**
@@ -50,9 +58,11 @@ export class SessionService extends RelayAccess {
     super(deps.store, deps.clock, deps.securityLog, deps.config);
     this.keys = new ProviderKeyStore(deps.store);
     this.suffixes = deps.config.tunnelHostSuffixes;
+    this.sessionOrigin = deps.config.sessionOrigin;
   }
 
   private readonly suffixes: readonly string[];
+  private readonly sessionOrigin: SessionOrigin | undefined;
 
   /** `POST /provider/session`. */
   register(providerKey: string | undefined, body: unknown, ip: string): RegisterSessionResponse {
@@ -179,7 +189,7 @@ export class SessionService extends RelayAccess {
     if (!locked) throw new RunitError("SESSION_ALREADY_LOCKED");
     return {
       accessToken: token,
-      accessUrl: `/access/${token}`,
+      accessUrl: `${this.sessionOrigin && session.tunnelKind === "relay" ? sessionOriginOf(this.sessionOrigin, sessionId) : ""}/access/${token}`,
       expiresAt: new Date(now + this.rules.lockTimeoutMs).toISOString(),
       sessionId,
     };
@@ -216,8 +226,11 @@ export class SessionService extends RelayAccess {
     return { ok: true };
   }
 
-  /** `GET /access/:token`: where to send the lock holder. */
-  access(token: string, ip: string, https: boolean): AccessRedirect {
+  /**
+   * `GET /access/:token`: where to send the lock holder. `sessionHost` is the session whose own
+   * host the request came to (per-session origins only); the cookie is set there and nowhere else.
+   */
+  access(token: string, ip: string, https: boolean, sessionHost?: string): AccessRedirect {
     const lock = this.lockFor(token, ip);
     const session = this.sessionsDb.byId(lock.sessionId) as SessionRecord;
     this.sessionsDb.touchRenter(lock.sessionId, this.clock.now());
@@ -225,8 +238,12 @@ export class SessionService extends RelayAccess {
       const jupyterToken = this.sessionsDb.jupyterTokenOf(session.sessionId) ?? "";
       return { location: `${session.publicUrl}/?token=${encodeURIComponent(jupyterToken)}` };
     }
+    if (this.sessionOrigin && sessionHost !== session.sessionId) {
+      return { location: `${sessionOriginOf(this.sessionOrigin, session.sessionId)}/access/${token}` };
+    }
     const path = relayBasePath(session.sessionId);
     const secure = https ? "; Secure" : "";
-    return { location: path, cookie: `${RELAY_COOKIE_NAME}=${token}; Path=${path}; HttpOnly; SameSite=Strict${secure}` };
+    const cookie = `${RELAY_COOKIE_NAME}=${token}; Path=${path}; HttpOnly; SameSite=Strict${secure}`;
+    return { location: path, cookie, viaPage: this.sessionOrigin !== undefined };
   }
 }

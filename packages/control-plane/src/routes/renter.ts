@@ -6,6 +6,8 @@ export function createRenterRoutes(deps: {
   sessions: SessionService;
   clientIp: (req: Request) => string;
   isHttps: (req: Request) => boolean;
+  /** The session whose own host a request came to (per-session origins), or undefined. */
+  sessionHost: (req: Request) => string | undefined;
   renterLimiter: RequestHandler;
 }): Router {
   const router = Router();
@@ -28,9 +30,19 @@ export function createRenterRoutes(deps: {
     res.json(sessions.release(String(req.params.accessToken), clientIp(req)));
   });
   router.get("/access/:accessToken", (req, res) => {
-    const redirect = sessions.access(String(req.params.accessToken), clientIp(req), deps.isHttps(req));
+    const redirect = sessions.access(String(req.params.accessToken), clientIp(req), deps.isHttps(req), deps.sessionHost(req));
     if (redirect.cookie) res.setHeader("Set-Cookie", redirect.cookie);
-    res.redirect(302, redirect.location);
+    if (!redirect.viaPage) return void res.redirect(302, redirect.location);
+    // The session's own page moves the tab on, so the next request is one the session's site
+    // started and carries the SameSite=Strict cookie. No script: a refresh and a link.
+    res
+      .status(200)
+      .set({ "Content-Security-Policy": "default-src 'none'", "Referrer-Policy": "no-referrer" })
+      .type("html")
+      .send(
+        `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=${redirect.location}">` +
+          `<title>Opening your RUNIT session</title></head><body><p><a href="${redirect.location}">Open your session</a></p></body></html>`,
+      );
   });
   return router;
 }

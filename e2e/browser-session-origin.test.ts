@@ -1,0 +1,86 @@
+// Per-session origins in a real browser: with RUNIT_SESSION_ORIGIN=http://{id}.localhost:<port>
+// (Chromium resolves every *.localhost to loopback) Connect on the renter page opens Jupyter on
+// the session's own host, a notebook cell runs there (HTTP and the kernel's WebSocket), the
+// SameSite=Strict cookie lives on that host only, and the session's page cannot read the
+// renter page's origin. Real control plane, real agent, real container, Debian's Chromium.
+import { createServer } from "node:net";
+import { join } from "node:path";
+import type { Browser } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseSessionOrigin, type SessionOrigin } from "../packages/control-plane/src/sessionOrigin.js";
+import { ARTIFACTS, launchChromium, printNotebook, requirePrerequisites, startStack, waitUntil, type Stack } from "./browser-harness.js";
+
+/** A port free right now (the session origin must name the port before the server listens). */
+async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
+
+describe("per-session origins in a real browser", () => {
+  let stack: Stack;
+  let browser: Browser;
+  let port = 0;
+
+  beforeAll(async () => {
+    await requirePrerequisites();
+    port = await freePort();
+    stack = await startStack({ port, sessionOrigin: parseSessionOrigin(`http://{id}.localhost:${port}`) as SessionOrigin });
+    browser = await launchChromium();
+  }, 240_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await stack?.close();
+  }, 120_000);
+
+  it("Connect opens Jupyter on the session's own host, a cell prints 42 there, and the cookie stays on that host", async () => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const main = `http://127.0.0.1:${port}`;
+    await page.goto(`${main}/renter`);
+    const id = await waitUntil("an available session on the renter page", 120_000, async () => {
+      const card = page.locator('li.session[data-status="available"]').first();
+      return (await card.count()) > 0 ? ((await card.getAttribute("data-session-id")) ?? undefined) : undefined;
+    });
+    const sessionOrigin = `http://${id}.localhost:${port}`;
+    const [tab] = await Promise.all([context.waitForEvent("page"), page.locator(`li.session[data-session-id="${id}"] button`).click()]);
+    await tab.waitForURL(`${sessionOrigin}/s/${id}/tree**`, { timeout: 60_000 });
+
+    const cookies = await context.cookies();
+    expect(cookies.map((c) => [c.name, c.domain, c.path, c.httpOnly, c.sameSite])).toEqual([["runit_access", `${id}.localhost`, `/s/${id}/`, true, "Strict"]]);
+
+    // From the Jupyter tab itself (Node's resolver, which Playwright's request API uses, knows no *.localhost).
+    const put = await tab.evaluate(
+      async ({ url, body }) => (await fetch(url, { method: "PUT", headers: { "Content-Type": "application/json" }, body })).status,
+      { url: `/s/${id}/api/contents/e2e.ipynb`, body: JSON.stringify(printNotebook()) },
+    );
+    expect(put).toBe(201);
+    await tab.goto(`${sessionOrigin}/s/${id}/notebooks/e2e.ipynb`);
+    await tab.locator("#kernel_indicator_icon.kernel_idle_icon").waitFor({ timeout: 60_000 });
+    await tab.locator(".code_cell .CodeMirror").first().click();
+    await tab.keyboard.press("Shift+Enter");
+    const output = tab.locator(".code_cell .output_area pre").first();
+    await output.waitFor({ timeout: 60_000 });
+    expect((await output.innerText()).trim()).toBe("42");
+    await tab.screenshot({ path: join(ARTIFACTS, "jupyter-own-origin.png") });
+
+    // The session's page is cross-origin to the renter page's: it cannot read the control plane's API.
+    const read = await tab.evaluate(async (url) => {
+      try {
+        await (await fetch(url)).text();
+        return "read";
+      } catch {
+        return "blocked";
+      }
+    }, `${main}/renter/sessions`);
+    expect(read).toBe("blocked");
+    // And the control plane's own host no longer relays: it sends the browser to the session's host.
+    const moved = await context.request.get(`${main}/s/${id}/api/status`, { maxRedirects: 0 });
+    expect(moved.status()).toBe(308);
+    expect(moved.headers().location).toBe(`${sessionOrigin}/s/${id}/api/status`);
+    await context.close();
+  }, 240_000);
+});
