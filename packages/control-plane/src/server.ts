@@ -59,12 +59,11 @@ export async function startServer(options: StartServerOptions = {}): Promise<Run
   const relayFast = runit.relay?.handleRequest?.bind(runit.relay);
   const hostGate = config.sessionOrigin ? sessionHostGate(config.sessionOrigin) : undefined;
   const server = createServer((req, res) => {
-    if (hostGate?.request(req, res)) return;
-    if (relayFast) {
-      // Counted like the app counts its own requests (its first middleware).
+    if (relayFast || hostGate) {
+      // What is answered ahead of the app is counted as the app counts its own (its first middleware).
       const count = (): void => runit.metrics.httpRequests.inc({ method: req.method ?? "", status: String(res.statusCode) });
       res.once("finish", count);
-      if (relayFast(req, res)) return;
+      if (hostGate?.request(req, res) || relayFast?.(req, res)) return;
       res.off("finish", count);
     }
     void runit.app(req, res);

@@ -10,6 +10,7 @@ import { call, rememberSecret, startTestServer, stopAll, type TestServer } from 
 
 const SESSION_ID = "7a1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
 const OTHER_ID = "8b2d3c4e-5f60-4a71-9b8c-0d1e2f3a4b5c";
+const ADMIN_TOKEN = "operator-token-for-session-origin-tests";
 
 describe("RUNIT_SESSION_ORIGIN", () => {
   it("takes http(s)://{id}.<suffix>[:port] and refuses anything else, naming the variable", () => {
@@ -34,7 +35,7 @@ describe("per-session origins", () => {
 
   beforeAll(async () => {
     rememberSecret(FAKE_JUPYTER_TOKEN);
-    server = await startTestServer({ sessionOrigin: origin }, { relay: (ctx) => createRelay(ctx, { pingIntervalMs: 60_000 }) });
+    server = await startTestServer({ sessionOrigin: origin, adminToken: ADMIN_TOKEN }, { relay: (ctx) => createRelay(ctx, { pingIntervalMs: 60_000 }) });
     const key = server.createKey();
     const reg = await call(server.url, "POST", "/provider/session", {
       headers: { Authorization: `Bearer ${key}` },
@@ -112,8 +113,11 @@ describe("per-session origins", () => {
       const reply = await call(server.url, method, path, { headers: on(sessionHost) });
       expect(reply.status, `${method} ${path}`).toBe(404);
     }
-    // The control plane's own host is unchanged.
+    // The control plane's own host is unchanged, and what the host split answered is counted.
     expect((await call(server.url, "GET", "/renter/sessions")).status).toBe(200);
+    const metrics = await call(server.url, "GET", "/metrics", { headers: { Authorization: `Bearer ${ADMIN_TOKEN}` } });
+    expect(metrics.text).toMatch(/runit_http_requests_total\{method="GET",status="308"\} 1\b/);
+    expect(metrics.text).toMatch(/runit_http_requests_total\{method="POST",status="404"\} [1-9]/);
   });
 
   it("upgrades: a session's relay only on its own host, the agent tunnel never on a session host", async () => {
