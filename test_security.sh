@@ -13,6 +13,9 @@
 #   RUNIT_PROVIDER_KEY  a provider key (runit-control-plane keys create); checks that register
 #                       sessions print SKIP without it.
 #   RUNIT_SECURITY_TIMEOUT  per-request timeout in seconds (default 10).
+#   RUNIT_SESSION_ORIGIN  the server's per-session origin template when it uses one
+#                       (https://{id}.sessions.example.com): relay requests then go to the
+#                       session's own host, and the host-split checks run (SKIP without it).
 #
 # When the server is on loopback (127.x.x.x or localhost), requests are sent from several
 # loopback source addresses (curl --interface): 127.0.0.2 plays the hijacker, and each group of
@@ -28,6 +31,12 @@ command -v curl >/dev/null || { echo "curl is required" >&2; exit 2; }
 
 BASE="${1%/}"
 BASE="${BASE/\/\/localhost/\/\/127.0.0.1}"
+ORIGIN_TEMPLATE="${RUNIT_SESSION_ORIGIN:-}"
+ORIGIN_TEMPLATE="${ORIGIN_TEMPLATE%/}"
+case "$ORIGIN_TEMPLATE" in
+  "" | http://\{id\}.* | https://\{id\}.*) ;;
+  *) echo "RUNIT_SESSION_ORIGIN must look like https://{id}.sessions.example.com" >&2; exit 2 ;;
+esac
 KEY="${RUNIT_PROVIDER_KEY:-}"
 TIMEOUT="${RUNIT_SECURITY_TIMEOUT:-10}"
 TMP="$(mktemp -d)"
@@ -42,13 +51,14 @@ skip() { SKIPPED=$((SKIPPED + 1)); echo "⏭️  SKIP $*"; }
 # HTTP: req <source-ip|-> <METHOD> <path> [curl args...]  → CODE, BODY; headers in $TMP/hdrs
 # ---------------------------------------------------------------------------------------------
 CODE="" BODY="" REGISTRATIONS=0 FIRST_429=""
+REQ_BASE="" REQ_CONNECT=()
 req() {
   local src="$1" method="$2" path="$3"; shift 3
   local iface=()
   [ "$src" != "-" ] && iface=(--interface "$src")
   : >"$TMP/body"; : >"$TMP/hdrs"
-  CODE="$(curl -sS --max-time "$TIMEOUT" "${iface[@]}" -o "$TMP/body" -D "$TMP/hdrs" \
-    -w '%{http_code}' -X "$method" "$@" "$BASE$path" 2>"$TMP/curlerr")" || true
+  CODE="$(curl -sS --max-time "$TIMEOUT" "${iface[@]}" "${REQ_CONNECT[@]}" -o "$TMP/body" -D "$TMP/hdrs" \
+    -w '%{http_code}' -X "$method" "$@" "${REQ_BASE:-$BASE}$path" 2>"$TMP/curlerr")" || true
   [ -n "$CODE" ] || CODE="000"
   BODY="$(cat "$TMP/body")"
   if [ "$path" = /provider/session ] && [ "$method" = POST ]; then
@@ -102,6 +112,20 @@ else
 fi
 # Off loopback every registration shares one budget: a 429 there is the limit, not a defect.
 limited_elsewhere() { [ "$LOOPBACK" = 0 ] && [ "$CODE" = 429 ]; }
+
+# Per-session origins: a session's host is the template with its id. On loopback its requests are
+# sent to the server under test whatever the name resolves to (curl --connect-to).
+origin_of() { printf '%s' "$ORIGIN_TEMPLATE" | sed "s/{id}/$1/"; }
+# at_session <session-id> <source-ip|-> <METHOD> <path> [curl args...]: req, sent to the session's
+# own host when the server uses per-session origins, to <base-url> otherwise.
+at_session() {
+  local sid="$1"; shift
+  if [ -z "$ORIGIN_TEMPLATE" ]; then req "$@"; return; fi
+  REQ_BASE="$(origin_of "$sid")"
+  [ "$LOOPBACK" = 1 ] && REQ_CONNECT=(--connect-to "::$(printf '%s' "$BASE" | sed -E 's#^https?://##; s#/.*$##')")
+  req "$@"
+  REQ_BASE="" REQ_CONNECT=()
+}
 
 # ---------------------------------------------------------------------------------------------
 # 1. Banner, health, headers, CORS, operator endpoint
@@ -333,23 +357,36 @@ fi
 # 7. The relay admits only the lock holder
 # ---------------------------------------------------------------------------------------------
 if [ -n "$SID" ]; then
-  req "$RENTER_IP" GET "/s/$SID/api/status"
+  at_session "$SID" "$RENTER_IP" GET "/s/$SID/api/status"
   expect_error 403 "" "relay /s/$SID/api/status without the lock cookie"
   if [ -n "$TOKEN" ]; then
-    req "$RENTER_IP" GET "/access/$TOKEN"
+    # Per-session origins: /access on <base-url> only sends the renter on to the session's host
+    # (no cookie there); the session's host sets the cookie and moves on with a page, not a 302
+    # (a redirect would lose the SameSite=Strict cookie in the browser).
+    WANT_ACCESS=302
+    if [ -n "$ORIGIN_TEMPLATE" ]; then
+      WANT_ACCESS=200
+      req "$RENTER_IP" GET "/access/$TOKEN"
+      if [ "$CODE" = 302 ] && [ "$(header location)" = "$(origin_of "$SID")/access/$TOKEN" ] && ! grep -qi '^set-cookie:' "$TMP/hdrs"; then
+        pass "GET /access/<token> on <base-url> → 302 to the session's own host, no cookie set here"
+      else
+        fail "GET /access/<token> on <base-url>: expected 302 to $(origin_of "$SID")/access/… without a cookie, got $CODE '$(short "$(header location)")'"
+      fi
+    fi
+    at_session "$SID" "$RENTER_IP" GET "/access/$TOKEN"
     COOKIE="$(grep -i '^set-cookie:' "$TMP/hdrs" | grep -o 'runit_access=[^;]*' | head -n 1 | tr -d '\r')"
     COOKIE_ATTRS="$(grep -i '^set-cookie:.*runit_access=' "$TMP/hdrs" | tr -d '\r' | head -n 1)"
-    if [ "$CODE" = 302 ] && [ -n "$COOKIE" ] && printf '%s' "$COOKIE_ATTRS" | grep -qi 'httponly' \
+    if [ "$CODE" = "$WANT_ACCESS" ] && [ -n "$COOKIE" ] && printf '%s' "$COOKIE_ATTRS" | grep -qi 'httponly' \
       && printf '%s' "$COOKIE_ATTRS" | grep -qi 'samesite=strict'; then
-      pass "GET /access/<token> → 302 with an httpOnly, SameSite=Strict lock cookie"
+      pass "GET /access/<token> → $WANT_ACCESS with an httpOnly, SameSite=Strict lock cookie"
     else
-      fail "GET /access/<token>: expected 302 with an httpOnly SameSite=Strict runit_access cookie, got $CODE '$(short "$COOKIE_ATTRS")'"
+      fail "GET /access/<token>: expected $WANT_ACCESS with an httpOnly SameSite=Strict runit_access cookie, got $CODE '$(short "$COOKIE_ATTRS")'"
     fi
     if [ -n "$COOKIE" ] && [ "$LOOPBACK" = 1 ]; then
-      req "$HIJACK_IP" GET "/s/$SID/api/status" -H "Cookie: $COOKIE"
+      at_session "$SID" "$HIJACK_IP" GET "/s/$SID/api/status" -H "Cookie: $COOKIE"
       expect_error 403 "" "relay with the lock cookie but from $HIJACK_IP"
     fi
-    req "$RENTER_IP" GET "/s/$SID/api/status" -H "Cookie: runit_access=$(random_hex 24)"
+    at_session "$SID" "$RENTER_IP" GET "/s/$SID/api/status" -H "Cookie: runit_access=$(random_hex 24)"
     expect_error 403 "" "relay with a forged lock cookie"
   fi
 else
@@ -365,8 +402,40 @@ expect_error 401 "" "agent tunnel upgrade without a session secret"
 req - GET /agent/tunnel "${WS_HEADERS[@]}" -H "$(auth "wrong-$(random_hex 20)")"
 expect_error 401 "" "agent tunnel upgrade with a wrong session secret"
 if [ -n "$SID" ]; then
-  req "$RENTER_IP" GET "/s/$SID/api/kernels/x/channels" "${WS_HEADERS[@]}"
+  at_session "$SID" "$RENTER_IP" GET "/s/$SID/api/kernels/x/channels" "${WS_HEADERS[@]}"
   expect_error 403 "" "relay WebSocket upgrade without the lock cookie"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 7b. Per-session origins: a session's host serves its own session and the hand-in, nothing else
+# ---------------------------------------------------------------------------------------------
+if [ -n "$ORIGIN_TEMPLATE" ]; then
+  h="$(random_hex 16)"
+  U="${h:0:8}-${h:8:4}-4${h:13:3}-a${h:17:3}-${h:20:12}"
+  served=""
+  for route in "GET /" "GET /healthz" "GET /renter" "GET /renter/sessions" "GET /metrics" "POST /provider/session" \
+    "POST /renter/sessions/$U/connect"; do
+    at_session "$U" - "${route%% *}" "${route#* }"
+    [ "$CODE" = 404 ] || served="$served ${route}→$CODE"
+  done
+  if [ -z "$served" ]; then pass "a session's host serves none of the API, the renter page, /healthz or /metrics (404)"
+  else fail "a session's host serves what belongs to the control plane:$served"; fi
+  at_session "$U" - GET /agent/tunnel "${WS_HEADERS[@]}"
+  expect_error 404 "" "agent tunnel upgrade on a session's host"
+  req - GET "/s/$U/api/status?x=1"
+  if [ "$CODE" = 308 ] && [ "$(header location)" = "$(origin_of "$U")/s/$U/api/status?x=1" ]; then
+    pass "/s/<id>/... on <base-url> → 308 to the session's own host"
+  else
+    fail "/s/<id>/... on <base-url>: expected 308 to $(origin_of "$U")/s/$U/…, got $CODE '$(short "$(header location)")'"
+  fi
+  if [ -n "$SID" ] && [ -n "${COOKIE:-}" ]; then
+    at_session "$U" "$RENTER_IP" GET "/s/$SID/api/status" -H "Cookie: $COOKIE"
+    expect_error 404 "" "session $SID's relay, with its cookie, on another session's host"
+    req "$RENTER_IP" GET "/s/$SID/api/kernels/x/channels" "${WS_HEADERS[@]}" -H "Cookie: $COOKIE"
+    expect_error 404 "" "relay WebSocket upgrade on <base-url> instead of the session's host"
+  fi
+else
+  skip "per-session origin checks (RUNIT_SESSION_ORIGIN not set)"
 fi
 
 # ---------------------------------------------------------------------------------------------

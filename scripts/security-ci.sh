@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs ./test_security.sh against a freshly started control plane: the built CLI on a free
 # loopback port, a temporary SQLite database and operator token, and a provider key made with
-# `keys create --name ci`. Stops the server and exits with the suite's status.
+# `keys create --name ci`. Stops the server and exits with the suite's status. A second pass runs
+# the suite against a control plane with per-session origins (RUNIT_SESSION_ORIGIN).
 # Needs the control plane built (pnpm run build); scripts/test.sh calls this after `pnpm run ci`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,23 +33,43 @@ PORT="$(node -e 'const s=require("node:net").createServer().listen(0,"127.0.0.1"
 KEY="$(node "$CLI" keys create --name ci | tail -n 1 | tr -d '\r')"
 if [ -z "$KEY" ]; then echo "[security-ci] keys create printed no key" >&2; exit 1; fi
 
-PORT="$PORT" RUNIT_HOST=127.0.0.1 node "$CLI" serve >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 100); do
-  grep -q "RUNIT server listening on port" "$WORK/server.log" && break
-  kill -0 "$SERVER_PID" 2>/dev/null || break
-  sleep 0.1
-done
-if ! grep -q "RUNIT server listening on port" "$WORK/server.log"; then
-  echo "[security-ci] the control plane did not start:" >&2
-  cat "$WORK/server.log" >&2
-  exit 1
-fi
-echo "[security-ci] control plane on http://127.0.0.1:$PORT (database $RUNIT_DB)"
+# start_server [VAR=value...]: the CLI on $PORT with the given extra environment.
+start_server() {
+  : >"$WORK/server.log"
+  env "$@" PORT="$PORT" RUNIT_HOST=127.0.0.1 node "$CLI" serve >>"$WORK/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    grep -q "RUNIT server listening on port" "$WORK/server.log" && break
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if ! grep -q "RUNIT server listening on port" "$WORK/server.log"; then
+    echo "[security-ci] the control plane did not start:" >&2
+    cat "$WORK/server.log" >&2
+    exit 1
+  fi
+}
 
+start_server
+echo "[security-ci] control plane on http://127.0.0.1:$PORT (database $RUNIT_DB)"
 status=0
 RUNIT_PROVIDER_KEY="$KEY" ./test_security.sh "http://127.0.0.1:$PORT" || status=$?
 stop_server
+cp "$WORK/server.log" "$WORK/server-1.log"
+
+# Second pass: the same suite against per-session origins (every session on its own host,
+# http://<id>.localhost:<port>), with a fresh database so that no rate-limit budget carries over.
+if [ "$status" -eq 0 ]; then
+  export RUNIT_DB="$WORK/runit-origins.db"
+  KEY="$(node "$CLI" keys create --name ci-origins | tail -n 1 | tr -d '\r')"
+  ORIGIN="http://{id}.localhost:$PORT"
+  start_server RUNIT_SESSION_ORIGIN="$ORIGIN"
+  echo "[security-ci] control plane with RUNIT_SESSION_ORIGIN=$ORIGIN"
+  RUNIT_PROVIDER_KEY="$KEY" RUNIT_SESSION_ORIGIN="$ORIGIN" ./test_security.sh "http://127.0.0.1:$PORT" || status=$?
+  stop_server
+  cat "$WORK/server.log" >>"$WORK/server-1.log"
+fi
+mv "$WORK/server-1.log" "$WORK/server.log"
 
 # The key was shown once, by `keys create`; the server must never have logged it whole.
 if grep -qF -- "$KEY" "$WORK/server.log"; then
