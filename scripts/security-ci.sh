@@ -32,6 +32,7 @@ PORT="$(node -e 'const s=require("node:net").createServer().listen(0,"127.0.0.1"
 
 KEY="$(node "$CLI" keys create --name ci | tail -n 1 | tr -d '\r')"
 if [ -z "$KEY" ]; then echo "[security-ci] keys create printed no key" >&2; exit 1; fi
+KEYS=("$KEY")
 
 # start_server [VAR=value...]: the CLI on $PORT with the given extra environment.
 start_server() {
@@ -62,6 +63,8 @@ cp "$WORK/server.log" "$WORK/server-1.log"
 if [ "$status" -eq 0 ]; then
   export RUNIT_DB="$WORK/runit-origins.db"
   KEY="$(node "$CLI" keys create --name ci-origins | tail -n 1 | tr -d '\r')"
+  if [ -z "$KEY" ]; then echo "[security-ci] keys create printed no key" >&2; exit 1; fi
+  KEYS+=("$KEY")
   ORIGIN="http://{id}.localhost:$PORT"
   start_server RUNIT_SESSION_ORIGIN="$ORIGIN"
   echo "[security-ci] control plane with RUNIT_SESSION_ORIGIN=$ORIGIN"
@@ -71,11 +74,13 @@ if [ "$status" -eq 0 ]; then
 fi
 mv "$WORK/server-1.log" "$WORK/server.log"
 
-# The key was shown once, by `keys create`; the server must never have logged it whole.
-if grep -qF -- "$KEY" "$WORK/server.log"; then
-  echo "[security-ci] ❌ the server log contains the whole provider key" >&2
-  status=1
-fi
+# The keys were shown once, by `keys create`; the server must never have logged one whole.
+for key in "${KEYS[@]}"; do
+  if grep -qF -- "$key" "$WORK/server.log"; then
+    echo "[security-ci] ❌ the server log contains a whole provider key" >&2
+    status=1
+  fi
+done
 if [ "$status" -ne 0 ]; then
   echo "[security-ci] test_security.sh failed ($status); server log:" >&2
   tail -n 60 "$WORK/server.log" >&2
