@@ -11,11 +11,10 @@ import {
   JUPYTER_TOKEN,
   fetchRaw,
   patternSha256,
-  startAgentTunnel,
-  startControlPlane,
-  startTarget,
+  startCoreStack,
   waitFor,
   type ControlPlane,
+  type CoreStack,
   type Target,
 } from "./relay-harness.js";
 import type { RelayTunnel } from "../packages/agent/src/tunnel/relay.js";
@@ -26,17 +25,10 @@ describe("relay tunnel core", () => {
   let target: Target;
   let cp: ControlPlane;
   let tunnel: RelayTunnel;
+  let stack: CoreStack | undefined;
 
-  beforeAll(async () => {
-    target = await startTarget();
-    cp = await startControlPlane();
-    tunnel = await startAgentTunnel(cp, target);
-  });
-  afterAll(async () => {
-    await tunnel?.close();
-    await cp?.close();
-    await target?.close();
-  });
+  beforeAll(async () => void ({ target, cp, tunnel } = stack = await startCoreStack()));
+  afterAll(() => stack?.close());
 
   it("relays a request from the lock holder and authenticates to Jupyter itself", async () => {
     const res = await fetchRaw(cp.port, `${BASE}api/status`, { headers: { ...COOKIE, Authorization: "Bearer renter-stuff" } });
@@ -180,18 +172,10 @@ describe("relay tunnel core", () => {
 describe("relay: Jupyter that does not answer", () => {
   let target: Target;
   let cp: ControlPlane;
-  let tunnel: RelayTunnel;
+  let stack: CoreStack | undefined;
 
-  beforeAll(async () => {
-    target = await startTarget();
-    cp = await startControlPlane({ responseTimeoutMs: 400 });
-    tunnel = await startAgentTunnel(cp, target);
-  });
-  afterAll(async () => {
-    await tunnel?.close();
-    await cp?.close();
-    await target?.close();
-  });
+  beforeAll(async () => void ({ target, cp } = stack = await startCoreStack({ responseTimeoutMs: 400 })));
+  afterAll(() => stack?.close());
 
   it("answers 504 UPSTREAM_TIMEOUT once Jupyter has not started its answer in time, and drops the connection to Jupyter", async () => {
     const started = Date.now();

@@ -209,6 +209,38 @@ export async function startAgentTunnel(cp: ControlPlane, target: { port: number 
   return tunnel;
 }
 
+/** A stand-in Jupyter, a control plane with `options` and the agent tunnel between them. */
+export interface CoreStack {
+  target: Target;
+  cp: ControlPlane;
+  tunnel: RelayTunnel;
+  close(): Promise<void>;
+}
+
+export async function startCoreStack(options: RelayOptions = {}): Promise<CoreStack> {
+  const target = await startTarget();
+  let cp: ControlPlane | undefined;
+  try {
+    cp = await startControlPlane(options);
+    const tunnel = await startAgentTunnel(cp, target);
+    const started = cp;
+    return {
+      target,
+      cp,
+      tunnel,
+      close: async () => {
+        await tunnel.close();
+        await started.close();
+        await target.close();
+      },
+    };
+  } catch (err) {
+    await cp?.close();
+    await target.close();
+    throw err;
+  }
+}
+
 /** A finished HTTP exchange. */
 export interface Fetched {
   status: number;

@@ -47,6 +47,31 @@ async function stopProc(proc: Proc | undefined, timeoutMs: number): Promise<void
   clearTimeout(timer);
 }
 
+/** A new provider key in the database at `db` (`keys create` prints it alone on its last line). */
+async function createKey(db: string, name: string): Promise<string> {
+  const { stdout } = await run("node", [cpBin, "keys", "create", "--name", name, "--db", db]);
+  return stdout.trim().split("\n").at(-1) as string;
+}
+
+/** The port the control-plane CLI says it listens on. */
+async function listeningPort(cp: Proc): Promise<number> {
+  return Number((await waitForMatch(() => cp.text(), /listening on port (\d+)/, 20_000))[1]);
+}
+
+/** The agent CLI offering one small session to `serverUrl`, with its own name, network and directories under `dir`. */
+function startAgentCli(serverUrl: string, key: string, dir: string, name: string, network: string, env: Record<string, string> = {}): Proc {
+  return startProc(
+    [agentBin, "start", "--server", serverUrl, "--name", name, "--network", network,
+      "--workspace-root", join(dir, "workspaces"), "--state-dir", join(dir, "state"), "--memory", "1g", "--cpus", "1", "--pids", "200"],
+    { RUNIT_PROVIDER_KEY: key, ...env },
+  );
+}
+
+/** The id of the session the agent registered. */
+async function registeredSession(agent: Proc): Promise<string> {
+  return (await waitForMatch(() => agent.text(), /session registered: ([0-9a-f-]{36})/, 90_000))[1] as string;
+}
+
 function count(text: string, needle: string): number {
   return text.split(needle).length - 1;
 }
@@ -67,16 +92,11 @@ describe("relay with real processes (control plane CLI + agent CLI + container)"
 
   beforeAll(async () => {
     await requireDocker();
-    const { stdout } = await run("node", [cpBin, "keys", "create", "--name", "relay-e2e", "--db", db]);
-    const key = stdout.trim().split("\n").at(-1) as string;
+    const key = await createKey(db, "relay-e2e");
     cp = startProc([cpBin, "--port", "0", "--db", db], { RUNIT_SWEEP_INTERVAL_MS: "500" });
-    cpPort = Number((await waitForMatch(() => cp?.text(), /listening on port (\d+)/, 20_000))[1]);
-    agent = startProc(
-      [agentBin, "start", "--server", `http://127.0.0.1:${cpPort}`, "--name", agentName, "--network", network,
-        "--workspace-root", join(dir, "workspaces"), "--state-dir", join(dir, "state"), "--memory", "1g", "--cpus", "1", "--pids", "200"],
-      { RUNIT_PROVIDER_KEY: key },
-    );
-    sessionId = (await waitForMatch(() => agent?.text(), /session registered: ([0-9a-f-]{36})/, 90_000))[1] as string;
+    cpPort = await listeningPort(cp);
+    agent = startAgentCli(`http://127.0.0.1:${cpPort}`, key, dir, agentName, network);
+    sessionId = await registeredSession(agent);
     base = `/s/${sessionId}/`;
     await waitFor(() => (cp?.text() ?? "").includes("TUNNEL_CONNECTED"), 20_000, "the agent's relay tunnel");
     const connect = await fetchRaw(cpPort, `/renter/sessions/${sessionId}/connect`, { method: "POST" });
@@ -187,18 +207,13 @@ describe("an agent behind TLS: https:// registration and a wss:// tunnel through
 
   it("registers over https, relays over wss, and the renter reaches Jupyter (api/status, kernel 1+1)", async () => {
     await requireDocker();
-    const { stdout } = await run("node", [cpBin, "keys", "create", "--name", "relay-tls", "--db", db]);
-    const key = stdout.trim().split("\n").at(-1) as string;
+    const key = await createKey(db, "relay-tls");
     cp = startProc([cpBin, "--port", "0", "--db", db]);
-    cpPort = Number((await waitForMatch(() => cp?.text(), /listening on port (\d+)/, 20_000))[1]);
+    cpPort = await listeningPort(cp);
     await new Promise<void>((resolve) => front.listen(0, "127.0.0.1", resolve));
     const frontPort = (front.address() as { port: number }).port;
-    agent = startProc(
-      [agentBin, "start", "--server", `https://127.0.0.1:${frontPort}`, "--name", agentName, "--network", network,
-        "--workspace-root", join(dir, "workspaces"), "--state-dir", join(dir, "state"), "--memory", "1g", "--cpus", "1", "--pids", "200"],
-      { RUNIT_PROVIDER_KEY: key, NODE_EXTRA_CA_CERTS: join(tlsFixtures, "ca.pem") },
-    );
-    const sessionId = (await waitForMatch(() => agent?.text(), /session registered: ([0-9a-f-]{36})/, 90_000))[1] as string;
+    agent = startAgentCli(`https://127.0.0.1:${frontPort}`, key, dir, agentName, network, { NODE_EXTRA_CA_CERTS: join(tlsFixtures, "ca.pem") });
+    const sessionId = await registeredSession(agent);
     await waitForMatch(() => cp?.text(), new RegExp(`TUNNEL_CONNECTED: \\{"sessionId":"${sessionId}"`), 20_000);
     // Registration, heartbeats and the tunnel all came through the front, over TLS 1.3.
     expect(protocols.length).toBeGreaterThanOrEqual(2);

@@ -1,3 +1,4 @@
+import type { ServerResponse } from "node:http";
 import { RunitError, toRunitError } from "@runit/protocol";
 import type { ErrorRequestHandler, RequestHandler, Response } from "express";
 import type { Logger } from "./logger.js";
@@ -7,6 +8,13 @@ import type { RunitDatabase } from "./store/database.js";
 export function sendError(res: Response, err: RunitError): void {
   if (res.headersSent) return;
   res.status(err.status).json(err.toBody());
+}
+
+/** `sendError` for a plain Node response: what is answered ahead of Express (relay, host split). */
+export function writeJsonError(res: ServerResponse, err: RunitError): void {
+  res
+    .writeHead(err.status, { "Content-Type": "application/json; charset=utf-8", "X-Content-Type-Options": "nosniff" })
+    .end(JSON.stringify(err.toBody()));
 }
 
 /** The 404 of every unknown route: JSON, like every other error. */

@@ -57,35 +57,39 @@ export class RelayAccess extends SessionLifecycle {
       gate?.status === "LOCKED" &&
       lock !== undefined &&
       !gate.keyRevoked &&
-      now - Math.max(gate.providerSeenAt, this.startedAt) <= this.rules.providerStaleMs &&
-      now <= this.lockExpiresAt({ ...lock, lockedAt: 0 });
+      now - this.providerSeen(gate) <= this.rules.providerStaleMs &&
+      now <= this.lockExpiresAt(lock);
     if (!nothingDue) return this.authorizeRelaySlowly(sessionId, accessToken, ip);
     this.markLive(sessionId);
-    if (!accessToken || hashSecret(accessToken) !== lock.tokenHash) {
-      this.securityLog("RELAY_ACCESS_DENIED", { sessionId, ip, accessToken: accessToken ?? "" });
-      return { ok: false, error: new RunitError(accessToken ? "LOCK_REQUIRED" : "INVALID_ACCESS_TOKEN") };
-    }
-    if (lock.ip !== ip) {
-      this.securityLog("SESSION_HIJACK_ATTEMPT", { sessionId, ip, expectedIp: lock.ip, role: "relay" });
-      return { ok: false, error: new RunitError("IP_MISMATCH") };
-    }
-    this.relayActivity.set(sessionId, now);
-    return { ok: true };
+    return this.admitLockHolder(sessionId, true, lock, accessToken, ip);
   }
 
   /** `authorizeRelay` for a session that is not plainly live: ends it first if a timer ran out. */
   private authorizeRelaySlowly(sessionId: string, accessToken: string | undefined, ip: string): RelayAuthorization {
     const found = this.sessionsDb.byId(sessionId);
     const session = found ? this.expireIfDue(found) : undefined;
-    const lockHash = session?.status === "LOCKED" ? this.sessionsDb.lockTokenHashOf(sessionId) : undefined;
-    if (!lockHash || !accessToken || hashSecret(accessToken) !== lockHash) {
+    const tokenHash = session?.status === "LOCKED" ? this.sessionsDb.lockTokenHashOf(sessionId) : undefined;
+    const lock = tokenHash === undefined ? undefined : { tokenHash, ip: this.sessionsDb.lockOf(sessionId)?.ip ?? "" };
+    return this.admitLockHolder(sessionId, session !== undefined && session.status !== "ENDED", lock, accessToken, ip);
+  }
+
+  /**
+   * The lock holder's test, on a session that is not ENDED when `live`: the cookie's token must be
+   * the live lock's, sent from the locking IP. Refusals are logged; admission is renter activity.
+   */
+  private admitLockHolder(
+    sessionId: string,
+    live: boolean,
+    lock: { tokenHash: string; ip: string } | undefined,
+    accessToken: string | undefined,
+    ip: string,
+  ): RelayAuthorization {
+    if (!lock || !accessToken || hashSecret(accessToken) !== lock.tokenHash) {
       this.securityLog("RELAY_ACCESS_DENIED", { sessionId, ip, accessToken: accessToken ?? "" });
-      const code = !session || session.status === "ENDED" || !accessToken ? "INVALID_ACCESS_TOKEN" : "LOCK_REQUIRED";
-      return { ok: false, error: new RunitError(code) };
+      return { ok: false, error: new RunitError(!live || !accessToken ? "INVALID_ACCESS_TOKEN" : "LOCK_REQUIRED") };
     }
-    const lock = this.sessionsDb.lockOf(sessionId);
-    if (!lock || lock.ip !== ip) {
-      this.securityLog("SESSION_HIJACK_ATTEMPT", { sessionId, ip, expectedIp: lock?.ip ?? "", role: "relay" });
+    if (lock.ip !== ip) {
+      this.securityLog("SESSION_HIJACK_ATTEMPT", { sessionId, ip, expectedIp: lock.ip, role: "relay" });
       return { ok: false, error: new RunitError("IP_MISMATCH") };
     }
     this.relayActivity.set(sessionId, this.clock.now());

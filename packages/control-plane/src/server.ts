@@ -71,10 +71,10 @@ export async function startServer(options: StartServerOptions = {}): Promise<Run
   server.on("upgrade", (req, socket, head) => {
     // A reset socket must not crash the process before (or after) someone takes it.
     socket.on("error", () => socket.destroy());
-    if (hostGate?.upgrade(req, socket)) return;
     let taken = false;
     try {
-      taken = runit.relay?.handleUpgrade(req, socket, head) ?? false;
+      const allowed = hostGate?.allowsUpgrade(req) ?? true;
+      taken = allowed && (runit.relay?.handleUpgrade(req, socket, head) ?? false);
     } catch (err) {
       // A throwing relay refuses this one upgrade; it never takes the whole server down.
       runit.logger.warn(`upgrade refused: ${err instanceof Error ? err.message : String(err)}`);

@@ -76,17 +76,17 @@ export class SessionLifecycle {
   }
 
   /** When the provider was last seen, for timing purposes. */
-  protected providerSeen(session: SessionRecord): number {
+  protected providerSeen(session: Pick<SessionRecord, "providerSeenAt">): number {
     return Math.max(session.providerSeenAt, this.startedAt);
   }
 
   /** When the renter was last active on `lock`, for timing purposes. */
-  protected renterSeen(lock: LockRecord): number {
+  protected renterSeen(lock: Pick<LockRecord, "sessionId" | "renterSeenAt">): number {
     return Math.max(lock.renterSeenAt, this.relayActivity.get(lock.sessionId) ?? 0, this.startedAt);
   }
 
   /** The moment `lock` will be released unless the renter shows up. */
-  protected lockExpiresAt(lock: LockRecord): number {
+  protected lockExpiresAt(lock: Pick<LockRecord, "sessionId" | "renterSeenAt">): number {
     return this.renterSeen(lock) + this.rules.lockTimeoutMs;
   }
 

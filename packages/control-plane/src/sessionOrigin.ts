@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { Duplex } from "node:stream";
-import { RunitError } from "@runit/protocol";
+import { RunitError, SESSION_ID_PATTERN } from "@runit/protocol";
+import { writeJsonError } from "./httpErrors.js";
 
 // Per-session origins (RUNIT_SESSION_ORIGIN, off by default). The API puts a relayed session at
 // `/s/<id>/`; on the control plane's own host every session's pages would share one origin with
@@ -9,7 +9,6 @@ import { RunitError } from "@runit/protocol";
 // (wildcard DNS and certificate to that host), so a hostile provider's page is cross-origin to
 // the renter page and to every other session. The control plane tells the hosts apart by `Host`.
 
-const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /** Where sessions are served: `<scheme>://<session id>.<suffix>[:<port>]`. */
@@ -45,7 +44,7 @@ export function sessionHostOf(origin: SessionOrigin, req: IncomingMessage): stri
   const tail = `.${origin.suffix}`;
   if (!name.endsWith(tail)) return undefined;
   const id = name.slice(0, -tail.length);
-  return SESSION_ID.test(id) ? id : undefined;
+  return SESSION_ID_PATTERN.test(id) ? id : undefined;
 }
 
 /** What a request on a session host may reach: its own session's relay and the hand-in. */
@@ -56,16 +55,16 @@ export function allowedOnSessionHost(sessionId: string, method: string, url: str
 
 /** The session id a `/s/<id>...` URL names on the main host, when it looks like one. */
 export function sessionOfRelayPath(url: string): string | undefined {
-  const match = /^\/s\/([0-9a-f-]{36})(?:[/?]|$)/.exec(url);
-  return match && SESSION_ID.test(match[1] as string) ? match[1] : undefined;
+  const id = /^\/s\/([^/?]*)/.exec(url)?.[1];
+  return id !== undefined && SESSION_ID_PATTERN.test(id) ? id : undefined;
 }
 
-/** The refusals of the host split, answered before anything else sees the request. */
+/** The host split, consulted before anything else sees a request. */
 export interface SessionHostGate {
   /** Answers and returns true for what the host split refuses or redirects; false passes it on. */
   request(req: IncomingMessage, res: ServerResponse): boolean;
-  /** Same for upgrades: true when it answered the socket (404). */
-  upgrade(req: IncomingMessage, socket: Duplex): boolean;
+  /** Whether an upgrade may go on to the relay (the server refuses the others with its 404). */
+  allowsUpgrade(req: IncomingMessage): boolean;
 }
 
 /**
@@ -76,8 +75,7 @@ export interface SessionHostGate {
  */
 export function sessionHostGate(origin: SessionOrigin): SessionHostGate {
   const notFound = (res: ServerResponse): true => {
-    const body = JSON.stringify(new RunitError("NOT_FOUND").toBody());
-    res.writeHead(404, { "Content-Type": "application/json; charset=utf-8", "X-Content-Type-Options": "nosniff" }).end(body);
+    writeJsonError(res, new RunitError("NOT_FOUND"));
     return true;
   };
   return {
@@ -91,13 +89,10 @@ export function sessionHostGate(origin: SessionOrigin): SessionHostGate {
       res.writeHead(308, { Location: `${sessionOriginOf(origin, sessionId)}${url}` }).end();
       return true;
     },
-    upgrade(req, socket) {
+    allowsUpgrade(req) {
       const url = req.url ?? "/";
       const host = sessionHostOf(origin, req);
-      const allowed = host !== undefined ? url.startsWith(`/s/${host}/`) : !url.startsWith("/s/");
-      if (allowed) return false;
-      socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-      return true;
+      return host !== undefined ? url.startsWith(`/s/${host}/`) : !url.startsWith("/s/");
     },
   };
 }

@@ -20,10 +20,11 @@ export type EndReason = z.infer<typeof EndReasonSchema>;
 
 const shortText = z.string().min(1).max(128);
 
+/** The shape of a session id: a lowercase UUID. */
+export const SESSION_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
 /** A session id: a lowercase UUID. */
-export const SessionIdSchema = z
-  .string()
-  .regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, "expected a lowercase UUID");
+export const SessionIdSchema = z.string().regex(SESSION_ID_PATTERN, "expected a lowercase UUID");
 
 export const GpuSchema = z.strictObject({
   name: shortText,

@@ -137,10 +137,11 @@ export type HelloFrame = z.infer<typeof HelloFrameSchema>;
 export type OpenFrame = z.infer<typeof OpenFrameSchema>;
 export type AbortFrame = z.infer<typeof AbortFrameSchema>;
 
-/** What a control frame decode yields: the frame, or a typed reason that the receiver answers with. */
-export type DecodeResult =
-  | { ok: true; frame: TunnelControlFrame }
-  | { ok: false; code: TunnelErrorCode; message: string; streamId?: number };
+/** Why a received frame is unusable: the typed reason the receiver answers with. */
+export type DecodeError = { ok: false; code: TunnelErrorCode; message: string; streamId?: number };
+
+/** What a control frame decode yields: the frame, or why it is unusable. */
+export type DecodeResult = { ok: true; frame: TunnelControlFrame } | DecodeError;
 
 /**
  * Serializes a control frame. Not re-validated here (the type already constrains it); every
@@ -190,7 +191,7 @@ export function encodeDataFrameHeader(streamId: number, into: Uint8Array = new U
 export function decodeDataFrameHeader(
   header: Uint8Array,
   payloadBytes: number,
-): { ok: true; streamId: number } | { ok: false; code: TunnelErrorCode; message: string; streamId?: number } {
+): { ok: true; streamId: number } | DecodeError {
   if (header.byteLength < DATA_FRAME_HEADER_BYTES) {
     return { ok: false, code: "BAD_FRAME", message: "data frame shorter than its header" };
   }
@@ -219,7 +220,7 @@ export function encodeDataFrame(streamId: number, payload: Uint8Array): Uint8Arr
 /** Decodes one whole data frame (a binary message received at once); the payload is a view. */
 export function decodeDataFrame(
   message: Uint8Array,
-): { ok: true; streamId: number; payload: Uint8Array } | { ok: false; code: TunnelErrorCode; message: string; streamId?: number } {
+): { ok: true; streamId: number; payload: Uint8Array } | DecodeError {
   const header = decodeDataFrameHeader(message.subarray(0, DATA_FRAME_HEADER_BYTES), Math.max(0, message.byteLength - DATA_FRAME_HEADER_BYTES));
   return header.ok ? { ok: true, streamId: header.streamId, payload: message.subarray(DATA_FRAME_HEADER_BYTES) } : header;
 }

@@ -30,7 +30,6 @@ export interface TunnelLinkHandlers {
   onWelcome?(frame: WelcomeFrame): void;
   /** The peer reported an unusable frame. */
   onPeerError?(code: TunnelErrorCode, message: string): void;
-  onPong?(): void;
   /** The WebSocket is gone; `code` is the close code the peer sent, if it sent one. */
   onClose?(code: number | undefined, reason: string): void;
 }
@@ -63,6 +62,8 @@ export class TunnelLink implements StreamCarrier {
   private dead = false;
   private peerCloseCode: number | undefined;
   private peerCloseReason = "";
+  /** A pong arrived since the last `heartbeat` (a new link counts as alive). */
+  private ponged = true;
   private incoming: Incoming = { binary: false, header: Buffer.alloc(DATA_FRAME_HEADER_BYTES), headerFill: 0, stream: undefined, skip: false, text: [], textBytes: 0 };
 
   constructor(
@@ -78,7 +79,7 @@ export class TunnelLink implements StreamCarrier {
         onMessageData: (bytes) => this.messageData(bytes),
         onMessageEnd: () => this.messageEnd(),
         onPing: (payload) => this.writeFrame(OPCODE.pong, payload),
-        onPong: () => this.handlers.onPong?.(),
+        onPong: () => (this.ponged = true),
         onClose: (code, reason) => this.peerClosed(code, reason),
         onProtocolError: (code, message) => this.close(code, message),
       },
@@ -143,8 +144,13 @@ export class TunnelLink implements StreamCarrier {
     socket.uncork();
   }
 
-  /** Sends a WebSocket ping (liveness is the owner's business). */
-  ping(): void {
+  /**
+   * One round of liveness, for the owner to call every ping period: a link whose peer has not
+   * answered the previous round's ping is dropped (as if the network failed), else it is pinged.
+   */
+  heartbeat(): void {
+    if (!this.ponged) return this.terminate();
+    this.ponged = false;
     if (this.isOpen) this.writeFrame(OPCODE.ping, Buffer.alloc(0));
   }
 

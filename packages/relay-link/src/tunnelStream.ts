@@ -81,10 +81,7 @@ export class TunnelStream extends Duplex {
   sendNow(bytes: Buffer): number {
     if (this.pendingWrite || this.destroyed || this.endSent) return 0;
     const n = this.credit.take(Math.min(bytes.length, MAX_DATA_FRAME_PAYLOAD));
-    if (n === 0) return 0;
-    this.carrier.sendData(this.id, [n === bytes.length ? bytes : bytes.subarray(0, n)]);
-    this.meter.onSent?.(n);
-    this.touch();
+    if (n > 0) this.transmit([n === bytes.length ? bytes : bytes.subarray(0, n)], n);
     return n;
   }
 
@@ -200,6 +197,13 @@ export class TunnelStream extends Duplex {
     return this;
   }
 
+  /** Hands `pieces` (`bytes` in all, already covered by credit) to the link as data frames. */
+  private transmit(pieces: Buffer[], bytes: number): void {
+    this.carrier.sendData(this.id, pieces);
+    this.meter.onSent?.(bytes);
+    this.touch();
+  }
+
   private touch(): void {
     if (this.idleTimer && this.idleMs > 0) this.idleTimer.refresh();
   }
@@ -226,11 +230,7 @@ export class TunnelStream extends Duplex {
       }
       sent += n;
     }
-    if (pieces.length > 0) {
-      this.carrier.sendData(this.id, pieces);
-      this.meter.onSent?.(sent);
-      this.touch();
-    }
+    if (pieces.length > 0) this.transmit(pieces, sent);
     if (pending.chunks.length > 0) return;
     this.pendingWrite = undefined;
     pending.callback();

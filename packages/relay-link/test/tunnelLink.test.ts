@@ -5,7 +5,7 @@ import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import type { OpenFrame } from "@runit/protocol";
-import { TunnelLink, TunnelStream, TunnelStreamError, acceptWebSocket, dialWebSocket } from "../src/index.js";
+import { TunnelLink, TunnelStream, TunnelStreamError, acceptWebSocket, dialWebSocket, type StreamMeter } from "../src/index.js";
 
 interface Pair {
   server: TunnelLink;
@@ -68,6 +68,14 @@ async function until(check: () => boolean, what: string, timeoutMs = 3000): Prom
   }
 }
 
+/** Opens one stream on the server link and waits for the client's end of it. */
+async function openOne(pair: Pair, window = 64 * 1024, meter?: StreamMeter): Promise<{ stream: TunnelStream; peer: TunnelStream }> {
+  const stream = pair.server.openStream(window, meter) as TunnelStream;
+  const index = pair.accepted.length;
+  await until(() => pair.accepted.length > index, "the open");
+  return { stream, peer: pair.accepted[index] as TunnelStream };
+}
+
 function collect(stream: TunnelStream): { bytes: () => Buffer; ended: Promise<void> } {
   const parts: Buffer[] = [];
   stream.on("data", (chunk: Buffer) => parts.push(chunk));
@@ -76,11 +84,10 @@ function collect(stream: TunnelStream): { bytes: () => Buffer; ended: Promise<vo
 
 describe("TunnelLink and TunnelStream", () => {
   it("carries 8 MiB each way through a 64 KiB window intact, then closes the stream cleanly on both ends", async () => {
-    const { server, client, accepted } = await linkPair();
+    const pair = await linkPair();
+    const { server, client } = pair;
     const sent = { server: 0, client: 0 };
-    const stream = server.openStream(64 * 1024, { onSent: (n) => (sent.server += n) }) as TunnelStream;
-    await until(() => accepted.length === 1, "the open");
-    const peer = accepted[0] as TunnelStream;
+    const { stream, peer } = await openOne(pair, 64 * 1024, { onSent: (n) => (sent.server += n) });
     const atClient = collect(peer);
     const atServer = collect(stream);
     const payload = Buffer.from(Buffer.alloc(8 * 1024 * 1024).map((_, i) => (i * 31) % 251));
@@ -97,10 +104,7 @@ describe("TunnelLink and TunnelStream", () => {
   });
 
   it("stops a sender at its credit while the receiver does not read, and resumes when it does", async () => {
-    const { server, accepted } = await linkPair();
-    const stream = server.openStream(64 * 1024) as TunnelStream;
-    await until(() => accepted.length === 1, "the open");
-    const peer = accepted[0] as TunnelStream;
+    const { stream, peer } = await openOne(await linkPair());
     peer.pause();
     let written = 0;
     const chunk = Buffer.alloc(16 * 1024, 1);
@@ -119,14 +123,11 @@ describe("TunnelLink and TunnelStream", () => {
   });
 
   it("aborts a stream whose peer sends beyond its credit (FLOW_CONTROL), on both ends", async () => {
-    const { server, client, accepted } = await linkPair();
-    const stream = server.openStream(64 * 1024) as TunnelStream;
-    stream.on("error", () => undefined);
-    await until(() => accepted.length === 1, "the open");
-    const peer = accepted[0] as TunnelStream;
+    const pair = await linkPair();
+    const { stream, peer } = await openOne(pair);
     const peerError = new Promise<Error>((resolve) => peer.once("error", resolve));
     // Bypass the stream's own credit accounting: raw data frames past the window.
-    for (let i = 0; i < 5; i++) client.sendData(peer.id, [Buffer.alloc(16 * 1024)]);
+    for (let i = 0; i < 5; i++) pair.client.sendData(peer.id, [Buffer.alloc(16 * 1024)]);
     const localError = await new Promise<Error>((resolve) => stream.once("error", resolve));
     expect(localError).toBeInstanceOf(TunnelStreamError);
     expect(localError).toMatchObject({ code: "FLOW_CONTROL", message: "peer sent beyond its credit" });
@@ -152,10 +153,7 @@ describe("TunnelLink and TunnelStream", () => {
   });
 
   it("sendNow sends only what credit covers and never overtakes queued writes", async () => {
-    const { server, accepted } = await linkPair();
-    const stream = server.openStream(64 * 1024) as TunnelStream;
-    await until(() => accepted.length === 1, "the open");
-    const peer = accepted[0] as TunnelStream;
+    const { stream, peer } = await openOne(await linkPair());
     peer.pause();
     expect(peer.sendNow(Buffer.alloc(100 * 1024, 2))).toBe(64 * 1024);
     expect(peer.sendableBytes).toBe(0);

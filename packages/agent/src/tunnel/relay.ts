@@ -6,7 +6,7 @@ import {
   maskSecret,
 } from "@runit/protocol";
 import type { AgentLogger } from "../logger.js";
-import { TunnelLink, WebSocketRefusedError, dialWebSocket } from "@runit/relay-link";
+import { CLOSE_CODE, TunnelLink, WebSocketRefusedError, dialWebSocket } from "@runit/relay-link";
 import { RelayUpstream, type UpstreamCounters } from "./relayUpstream.js";
 import type { SessionTunnel, TunnelAttachment, TunnelEvent } from "./types.js";
 
@@ -89,13 +89,11 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
         dialing = false;
         if (closed) return void socket.destroy();
         attempt = 0;
-        let alive = true;
         const socketLink: TunnelLink = new TunnelLink(
           socket,
           "client",
           {
             onOpen: (frame) => target.open(socketLink, frame),
-            onPong: () => (alive = true),
             onPeerError: (code, message) => opts.logger.error(`[agent] control plane refused a relay frame: ${code} ${message}`),
             onClose: (code) => {
               if (link === socketLink) {
@@ -115,11 +113,7 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
         socketLink.sendControl({ type: "hello", protocolVersion: PROTOCOL_VERSION, jupyterPort: current.jupyterPort, jupyterToken: current.jupyterToken });
         opts.logger.info(`[agent] relay tunnel connected for: ${current.sessionId}`);
         clearInterval(pingTimer);
-        pingTimer = setInterval(() => {
-          if (!alive) return socketLink.terminate();
-          alive = false;
-          socketLink.ping();
-        }, pingIntervalMs);
+        pingTimer = setInterval(() => socketLink.heartbeat(), pingIntervalMs);
         pingTimer.unref();
         for (const resolve of connectedWaiters) resolve();
         connectedWaiters = [];
@@ -151,7 +145,7 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
       closed = true;
       clearTimeout(retryTimer);
       clearInterval(pingTimer);
-      link?.close(1000, "agent closing");
+      link?.close(CLOSE_CODE.normal, "agent closing");
       link?.terminate();
       upstream?.close();
     },

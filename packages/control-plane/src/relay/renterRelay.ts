@@ -1,7 +1,8 @@
 import { request, type ClientRequest, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
-import { RELAY_COOKIE_NAME, RunitError, toRunitError, type ErrorBody } from "@runit/protocol";
+import { RELAY_COOKIE_NAME, RunitError, toRunitError } from "@runit/protocol";
 import { TunnelStreamError } from "@runit/relay-link";
+import { writeJsonError } from "../httpErrors.js";
 import { rawResponseHead, writeRawError } from "./rawHttp.js";
 import { readCookie, responseHeadersForRenter, upstreamRequestHeaders, withoutHeader } from "./relayHeaders.js";
 import type { RelayMeter } from "./relayMeter.js";
@@ -213,8 +214,5 @@ function relayError(err: Error): RunitError {
 
 function sendError(res: ServerResponse, error: RunitError): void {
   if (res.headersSent) return void res.destroy();
-  const body: ErrorBody = error.toBody();
-  res
-    .writeHead(error.status, { "Content-Type": "application/json; charset=utf-8", "X-Content-Type-Options": "nosniff" })
-    .end(JSON.stringify(body));
+  writeJsonError(res, error);
 }

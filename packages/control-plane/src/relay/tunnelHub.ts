@@ -55,7 +55,6 @@ export interface LiveTunnel {
 
 interface AgentTunnel {
   link: TunnelLink;
-  alive: boolean;
   live: LiveTunnel | undefined;
   helloTimer: NodeJS.Timeout | undefined;
 }
@@ -124,11 +123,6 @@ export class TunnelHub {
     tunnel.link.close(TUNNEL_CLOSE_SESSION_ENDED, code);
   }
 
-  /** Aborts the live streams of a session without closing its tunnel. */
-  abortStreams(sessionId: string, code: TunnelErrorCode, message: string): void {
-    this.tunnels.get(sessionId)?.link.abortAll(code, message);
-  }
-
   /** Closes every tunnel. */
   async close(): Promise<void> {
     clearInterval(this.pingTimer);
@@ -144,13 +138,12 @@ export class TunnelHub {
       this.drop(sessionId, previous);
       previous.link.close(TUNNEL_CLOSE_REPLACED, "replaced by a newer tunnel");
     }
-    const tunnel: AgentTunnel = { alive: true, live: undefined, helloTimer: undefined, link: undefined as unknown as TunnelLink };
+    const tunnel: AgentTunnel = { live: undefined, helloTimer: undefined, link: undefined as unknown as TunnelLink };
     tunnel.link = new TunnelLink(
       socket,
       "server",
       {
         onHello: (frame) => this.hello(sessionId, tunnel, frame),
-        onPong: () => (tunnel.alive = true),
         onPeerError: (code, message) => this.ctx.logger.warn(`[relay] agent of ${sessionId} refused a frame: ${code} ${message}`),
         onClose: () => {
           if (this.tunnels.get(sessionId) !== tunnel) return;
@@ -200,13 +193,6 @@ export class TunnelHub {
   }
 
   private pingAll(): void {
-    for (const tunnel of this.tunnels.values()) {
-      if (!tunnel.alive) {
-        tunnel.link.terminate();
-        continue;
-      }
-      tunnel.alive = false;
-      tunnel.link.ping();
-    }
+    for (const tunnel of this.tunnels.values()) tunnel.link.heartbeat();
   }
 }
