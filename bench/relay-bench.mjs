@@ -1,7 +1,8 @@
 /* global process, console, performance, setTimeout, Buffer, URL */
 // Benchmark (not a timed test): the relay's two hops (control plane → agent tunnel → Jupyter)
-// against going straight to Jupyter's port and against configurable-http-proxy (one hop), on the
-// same machine in the same run. Small requests (GET api/status) and 1 MiB bodies (GET files/),
+// against going straight to Jupyter's port, against configurable-http-proxy (one hop), and against
+// two bare TCP pipes in a chain (the floor of any two-process path: no HTTP work), on the same
+// machine in the same run. Small requests (GET api/status) and 1 MiB bodies (GET files/),
 // latency at concurrency 1 and throughput at higher concurrency. Prints figures and ratios.
 //
 // The machines are shared and noisy, so the run starts with a warm-up pass through every
@@ -145,7 +146,7 @@ async function waitHttp(port, path, headers, timeoutMs) {
 
 function spawnChild(cmd, args, env = {}) {
   // BENCH_PROFILE=<dir>: CPU profiles of the relay's processes (control plane and agent).
-  const relayProcess = cmd === "node" && !args[0].endsWith("plain-target.mjs");
+  const relayProcess = cmd === "node" && !args[0].endsWith("plain-target.mjs") && !args[0].endsWith("tcp-pipe.mjs");
   if (process.env.BENCH_PROFILE && relayProcess) args = [`--cpu-prof`, `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, ...args];
   // BENCH_TRACE_GC=1: count the relay processes' garbage collections (printed at the end).
   if (process.env.BENCH_TRACE_GC && relayProcess) args = ["--trace-gc", ...args];
@@ -207,6 +208,12 @@ async function startPlainTarget(sessionId) {
   return Number((await waitOutput(target, /listening on (\d+)/, 10_000))[1]);
 }
 
+/** A bare TCP pipe (bench/tcp-pipe.mjs) in front of 127.0.0.1:`to`; its process and port. */
+async function startPipe(to) {
+  const pipe = spawnChild("node", [join(root, "bench/tcp-pipe.mjs")], { BENCH_PIPE_TO: String(to) });
+  return { pid: pipe.child.pid, port: Number((await waitOutput(pipe, /listening on (\d+)/, 10_000))[1]) };
+}
+
 async function main() {
   const sessionId = randomUUID();
   const jupyterToken = randomBytes(24).toString("hex");
@@ -255,10 +262,15 @@ async function main() {
   ], { CONFIGPROXY_AUTH_TOKEN: randomBytes(16).toString("hex") });
   await waitHttp(chpPort, `${base}api/status`, jupyterAuth, 20_000);
 
+  // Two bare TCP pipes in a chain: renter → pipe 1 → pipe 2 → Jupyter.
+  const pipe2 = await startPipe(jupyterPort);
+  const pipe1 = await startPipe(pipe2.port);
+
   const targets = [
-    { name: "direct", port: jupyterPort, headers: jupyterAuth, pids: [] },
-    { name: "chp", port: chpPort, headers: jupyterAuth, pids: [chp.child.pid] },
-    { name: "relay", port: cpPort, headers: { Cookie: cookie }, pids: [cp.child.pid, agent.child.pid] },
+    { name: "direct", port: jupyterPort, headers: jupyterAuth, pids: [], parts: [] },
+    { name: "chp", port: chpPort, headers: jupyterAuth, pids: [chp.child.pid], parts: ["chp"] },
+    { name: "pipes", port: pipe1.port, headers: jupyterAuth, pids: [pipe1.pid, pipe2.pid], parts: ["pipe 1", "pipe 2"] },
+    { name: "relay", port: cpPort, headers: { Cookie: cookie }, pids: [cp.child.pid, agent.child.pid], parts: ["control plane", "agent"] },
   ];
   await waitHttp(cpPort, `${base}api/status`, { Cookie: cookie }, 10_000);
   const scenarios = [
@@ -271,6 +283,11 @@ async function main() {
   const only = process.env.BENCH_ONLY;
   if (only) scenarios.splice(0, scenarios.length, ...scenarios.filter((sc) => sc.name === only));
   const results = [];
+  const proxyCpu = (target, r) =>
+    r.cpuMsPerReq > 0
+      ? `  proxy CPU ${(r.cpuMsPerReq * 1000).toFixed(0).padStart(5)} µs/req, ${r.switchesPerReq.toFixed(1)} switches/req` +
+        (r.cpuSplit.length > 1 ? ` (${target.parts.map((part, i) => `${part} ${(r.cpuSplit[i] * 1000).toFixed(0)}`).join(" + ")})` : "")
+      : "";
   const targetName = plain ? "a plain Node HTTP server (BENCH_TARGET=plain)" : "Jupyter in runit-jupyter";
   console.log(
     `relay benchmark: node ${process.version}, target ${targetName}, all on 127.0.0.1; a warm-up pass of every scenario (${2 * WARMUP_SECONDS} s per target), then per scenario ` +
@@ -282,16 +299,16 @@ async function main() {
   for (const scenario of scenarios) {
     const row = await measureScenario(targets, scenario);
     results.push(row);
-    const fmt = (r) =>
+    const fmt = (target, r) =>
       `${r.rps.toFixed(0).padStart(6)} req/s ${r.mibps.toFixed(1).padStart(7)} MiB/s p50 ${r.p50.toFixed(2).padStart(7)} ms p99 ${r.p99.toFixed(2).padStart(7)} ms` +
-      (r.cpuMsPerReq > 0 ? `  proxy CPU ${(r.cpuMsPerReq * 1000).toFixed(0).padStart(5)} µs/req, ${r.switchesPerReq.toFixed(1)} switches/req` : "") +
-      (r.cpuSplit.length > 1 ? ` (control plane ${(r.cpuSplit[0] * 1000).toFixed(0)} + agent ${(r.cpuSplit[1] * 1000).toFixed(0)})` : "") +
+      proxyCpu(target, r) +
       `  rounds ${r.roundsRps.join(",")}`;
     console.log(`\n${scenario.name}`);
-    for (const target of targets) console.log(`  ${target.name.padEnd(7)}${fmt(row[target.name])}`);
+    for (const target of targets) console.log(`  ${target.name.padEnd(7)}${fmt(target, row[target.name])}`);
     console.log(
       `  ratios: relay/chp throughput ${(row.relay.rps / row.chp.rps).toFixed(2)}, relay/direct throughput ${(row.relay.rps / row.direct.rps).toFixed(2)}, ` +
-        `relay/chp p50 latency ${(row.relay.p50 / row.chp.p50).toFixed(2)}, relay/chp proxy CPU per request ${(row.relay.cpuMsPerReq / row.chp.cpuMsPerReq).toFixed(2)}`,
+        `relay/chp p50 latency ${(row.relay.p50 / row.chp.p50).toFixed(2)}, relay/chp proxy CPU per request ${(row.relay.cpuMsPerReq / row.chp.cpuMsPerReq).toFixed(2)}; ` +
+        `two bare pipes/chp throughput ${(row.pipes.rps / row.chp.rps).toFixed(2)}, relay/two bare pipes CPU per request ${(row.relay.cpuMsPerReq / row.pipes.cpuMsPerReq).toFixed(2)}`,
     );
   }
   const verdict = results.every((r) => r.relay.rps >= r.chp.rps * 0.95) ? "MET" : "NOT MET";
