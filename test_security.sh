@@ -388,6 +388,12 @@ if [ -n "$SID" ]; then
     fi
     at_session "$SID" "$RENTER_IP" GET "/s/$SID/api/status" -H "Cookie: runit_access=$(random_hex 24)"
     expect_error 403 "" "relay with a forged lock cookie"
+    # The lock holder must get past the lock, or a relay that refused everyone would pass the
+    # checks above. No agent is connected to this suite's session, so past the lock comes 502.
+    if [ -n "$COOKIE" ]; then
+      at_session "$SID" "$RENTER_IP" GET "/s/$SID/api/status" -H "Cookie: $COOKIE"
+      expect_error 502 "The provider is not reachable right now" "relay with the lock cookie from the locking IP passes the lock (no agent connected)"
+    fi
   fi
 else
   skip "relay lock checks (no session registered)"
@@ -404,6 +410,10 @@ expect_error 401 "" "agent tunnel upgrade with a wrong session secret"
 if [ -n "$SID" ]; then
   at_session "$SID" "$RENTER_IP" GET "/s/$SID/api/kernels/x/channels" "${WS_HEADERS[@]}"
   expect_error 403 "" "relay WebSocket upgrade without the lock cookie"
+  if [ -n "${COOKIE:-}" ]; then
+    at_session "$SID" "$RENTER_IP" GET "/s/$SID/api/kernels/x/channels" "${WS_HEADERS[@]}" -H "Cookie: $COOKIE"
+    expect_error 502 "The provider is not reachable right now" "relay WebSocket upgrade with the lock cookie passes the lock (no agent connected)"
+  fi
 fi
 
 # ---------------------------------------------------------------------------------------------
