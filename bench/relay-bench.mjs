@@ -146,7 +146,7 @@ async function waitHttp(port, path, headers, timeoutMs) {
 
 function spawnChild(cmd, args, env = {}) {
   // BENCH_PROFILE=<dir>: CPU profiles of the relay's processes (control plane and agent).
-  const relayProcess = cmd === "node" && !args[0].endsWith("plain-target.mjs") && !args[0].endsWith("tcp-pipe.mjs");
+  const relayProcess = cmd === "node" && /(runit-control-plane\.js|relay-agent\.mjs)$/.test(args[0]);
   if (process.env.BENCH_PROFILE && relayProcess) args = [`--cpu-prof`, `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, ...args];
   // BENCH_TRACE_GC=1: count the relay processes' garbage collections (printed at the end).
   if (process.env.BENCH_TRACE_GC && relayProcess) args = ["--trace-gc", ...args];
@@ -203,22 +203,19 @@ async function startJupyter(sessionId, token) {
   return port;
 }
 
-async function startPlainTarget(sessionId) {
-  const target = spawnChild("node", [join(root, "bench/plain-target.mjs")], { BENCH_BASE: `/s/${sessionId}/` });
-  return Number((await waitOutput(target, /listening on (\d+)/, 10_000))[1]);
-}
-
-/** A bare TCP pipe (bench/tcp-pipe.mjs) in front of 127.0.0.1:`to`; its process and port. */
-async function startPipe(to) {
-  const pipe = spawnChild("node", [join(root, "bench/tcp-pipe.mjs")], { BENCH_PIPE_TO: String(to) });
-  return { pid: pipe.child.pid, port: Number((await waitOutput(pipe, /listening on (\d+)/, 10_000))[1]) };
+/** Starts one of bench/'s servers (it prints "listening on <port>"); its process and port. */
+async function startBenchServer(script, env) {
+  const server = spawnChild("node", [join(root, "bench", script)], env);
+  return { pid: server.child.pid, port: Number((await waitOutput(server, /listening on (\d+)/, 10_000))[1]) };
 }
 
 async function main() {
   const sessionId = randomUUID();
   const jupyterToken = randomBytes(24).toString("hex");
   const plain = process.env.BENCH_TARGET === "plain";
-  const jupyterPort = plain ? await startPlainTarget(sessionId) : await startJupyter(sessionId, jupyterToken);
+  const jupyterPort = plain
+    ? (await startBenchServer("plain-target.mjs", { BENCH_BASE: `/s/${sessionId}/` })).port
+    : await startJupyter(sessionId, jupyterToken);
   const base = `/s/${sessionId}/`;
   const jupyterAuth = { Authorization: `token ${jupyterToken}` };
 
@@ -263,8 +260,8 @@ async function main() {
   await waitHttp(chpPort, `${base}api/status`, jupyterAuth, 20_000);
 
   // Two bare TCP pipes in a chain: renter → pipe 1 → pipe 2 → Jupyter.
-  const pipe2 = await startPipe(jupyterPort);
-  const pipe1 = await startPipe(pipe2.port);
+  const pipe2 = await startBenchServer("tcp-pipe.mjs", { BENCH_PIPE_TO: String(jupyterPort) });
+  const pipe1 = await startBenchServer("tcp-pipe.mjs", { BENCH_PIPE_TO: String(pipe2.port) });
 
   const targets = [
     { name: "direct", port: jupyterPort, headers: jupyterAuth, pids: [], parts: [] },

@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { chromium, type Browser } from "playwright-core";
+import { chromium, type Browser, type Page } from "playwright-core";
 import { startServer, type RunningServer } from "../packages/control-plane/src/index.js";
 import type { ServerConfig } from "../packages/control-plane/src/config.js";
 import { createRelay } from "../packages/control-plane/src/relay/index.js";
@@ -197,4 +197,18 @@ export function printNotebook(): Record<string, unknown> {
       cells: [{ cell_type: "code", id: "e2e-cell", metadata: {}, source: "print(6*7)", outputs: [], execution_count: null }],
     },
   };
+}
+
+/**
+ * Opens the notebook at `url` in `tab` (one written from `printNotebook`), waits for its kernel,
+ * runs the cell and returns what the cell printed: HTTP and the kernel's WebSocket both at work.
+ */
+export async function runNotebookCell(tab: Page, url: string): Promise<string> {
+  await tab.goto(url);
+  await tab.locator("#kernel_indicator_icon.kernel_idle_icon").waitFor({ timeout: 60_000 });
+  await tab.locator(".code_cell .CodeMirror").first().click();
+  await tab.keyboard.press("Shift+Enter");
+  const output = tab.locator(".code_cell .output_area pre").first();
+  await output.waitFor({ timeout: 60_000 });
+  return (await output.innerText()).trim();
 }

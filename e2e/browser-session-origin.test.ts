@@ -8,7 +8,7 @@ import { join } from "node:path";
 import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseSessionOrigin, type SessionOrigin } from "../packages/control-plane/src/sessionOrigin.js";
-import { ARTIFACTS, launchChromium, printNotebook, requirePrerequisites, startStack, waitUntil, type Stack } from "./browser-harness.js";
+import { ARTIFACTS, launchChromium, printNotebook, requirePrerequisites, runNotebookCell, startStack, waitUntil, type Stack } from "./browser-harness.js";
 
 /** A port free right now (the session origin must name the port before the server listens). */
 async function freePort(): Promise<number> {
@@ -58,13 +58,7 @@ describe("per-session origins in a real browser", () => {
       { url: `/s/${id}/api/contents/e2e.ipynb`, body: JSON.stringify(printNotebook()) },
     );
     expect(put).toBe(201);
-    await tab.goto(`${sessionOrigin}/s/${id}/notebooks/e2e.ipynb`);
-    await tab.locator("#kernel_indicator_icon.kernel_idle_icon").waitFor({ timeout: 60_000 });
-    await tab.locator(".code_cell .CodeMirror").first().click();
-    await tab.keyboard.press("Shift+Enter");
-    const output = tab.locator(".code_cell .output_area pre").first();
-    await output.waitFor({ timeout: 60_000 });
-    expect((await output.innerText()).trim()).toBe("42");
+    expect(await runNotebookCell(tab, `${sessionOrigin}/s/${id}/notebooks/e2e.ipynb`)).toBe("42");
     await tab.screenshot({ path: join(ARTIFACTS, "jupyter-own-origin.png") });
 
     // The session's page is cross-origin to the renter page's: it cannot read the control plane's API.

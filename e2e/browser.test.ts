@@ -15,6 +15,7 @@ import {
   launchChromium,
   listSessions,
   printNotebook,
+  runNotebookCell,
   requirePrerequisites,
   startStack,
   waitUntil,
@@ -89,13 +90,7 @@ describe("the renter page in a real browser", () => {
     // The notebook goes in through the relay with the page's cookie; the cell runs in the browser.
     const put = await renterA.request.put(`${stack.cp.url}/s/${first}/api/contents/e2e.ipynb`, { data: printNotebook() });
     expect(put.status()).toBe(201);
-    await jupyter.goto(`${stack.cp.url}/s/${first}/notebooks/e2e.ipynb`);
-    await jupyter.locator("#kernel_indicator_icon.kernel_idle_icon").waitFor({ timeout: 60_000 });
-    await jupyter.locator(".code_cell .CodeMirror").first().click();
-    await jupyter.keyboard.press("Shift+Enter");
-    const output = jupyter.locator(".code_cell .output_area pre").first();
-    await output.waitFor({ timeout: 60_000 });
-    expect((await output.innerText()).trim()).toBe("42");
+    expect(await runNotebookCell(jupyter, `${stack.cp.url}/s/${first}/notebooks/e2e.ipynb`)).toBe("42");
     await jupyter.screenshot({ path: join(ARTIFACTS, "jupyter-through-relay.png") });
     // Jupyter's own cookies (login, `_xsrf` at Path=/) never land on the control plane's origin.
     expect((await renterA.cookies()).map((c) => c.name)).toEqual(["runit_access"]);

@@ -5,13 +5,8 @@ import type { Duplex } from "node:stream";
 export function writeRawError(socket: Duplex, status: number, body: unknown): void {
   const json = JSON.stringify(body);
   if (socket.writable) {
-    socket.end(
-      `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Error"}\r\n` +
-        "Content-Type: application/json; charset=utf-8\r\n" +
-        `Content-Length: ${Buffer.byteLength(json)}\r\n` +
-        "Connection: close\r\n\r\n" +
-        json,
-    );
+    const headers = ["Content-Type", "application/json; charset=utf-8", "Content-Length", String(Buffer.byteLength(json)), "Connection", "close"];
+    socket.end(rawResponseHead(status, STATUS_CODES[status] ?? "Error", headers) + json);
   }
   // Give the peer a moment to read the answer, then free the socket whatever it does.
   setTimeout(() => socket.destroy(), 1000).unref();
