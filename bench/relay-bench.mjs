@@ -193,7 +193,7 @@ async function startJupyter(sessionId, token) {
   let port = 0;
   for (let i = 0; i < 200 && !port; i++) {
     try {
-      port = Number(/127\.0\.0\.1:(\d+)/.exec(execFileSync("docker", ["port", name, "8888/tcp"]).toString())?.[1] ?? 0);
+      port = Number(/127\.0\.0\.1:(\d+)/.exec(execFileSync("docker", ["port", name, "8888/tcp"], { stdio: ["ignore", "pipe", "ignore"] }).toString())?.[1] ?? 0);
     } catch {
       await sleep(250);
     }
