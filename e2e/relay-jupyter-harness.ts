@@ -14,7 +14,7 @@ import { createRelay } from "../packages/control-plane/src/relay/index.js";
 import { ProviderKeyStore } from "../packages/control-plane/src/store/providerKeys.js";
 import { createRelayTunnel, type RelayTunnel } from "../packages/agent/src/tunnel/relay.js";
 import { WebSocket } from "ws";
-import { fetchRaw, waitFor } from "./relay-harness.js";
+import { fetchRaw, waitFor, type Fetched } from "./relay-harness.js";
 
 const run = promisify(execFile);
 
@@ -151,19 +151,14 @@ export async function startRelayStack(
   });
   await tunnel.waitConnected(10_000);
   await waitFor(() => out.join("").includes("TUNNEL_CONNECTED"), 5000, "TUNNEL_CONNECTED");
-  const connect = await postJson(cp.port, `/renter/sessions/${jupyter.sessionId}/connect`, undefined, {});
-  if (connect.status !== 201) throw new Error(`connect failed: ${connect.status} ${connect.body.toString()}`);
-  const accessToken = (JSON.parse(connect.body.toString()) as { accessToken: string }).accessToken;
-  const access = await fetchRaw(cp.port, `/access/${accessToken}`);
-  const setCookie = String(access.headers["set-cookie"]?.[0] ?? "");
-  if (access.status !== 302 || !setCookie) throw new Error(`access failed: ${access.status}`);
+  const { accessToken, cookie, setCookie } = await connectAsRenter(cp.port, jupyter.sessionId);
   return {
     cp,
     out,
     tunnel,
     sessionSecret,
     accessToken,
-    cookie: setCookie.split(";")[0] as string,
+    cookie,
     setCookie,
     close: async () => {
       await tunnel.close();
@@ -171,6 +166,20 @@ export async function startRelayStack(
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** A renter's Connect to `sessionId` and its hand-in: `/access/<token>` must answer 302 with the lock cookie. */
+export async function connectAsRenter(
+  port: number,
+  sessionId: string,
+): Promise<{ accessToken: string; access: Fetched; setCookie: string; cookie: string }> {
+  const connect = await postJson(port, `/renter/sessions/${sessionId}/connect`, undefined, {});
+  if (connect.status !== 201) throw new Error(`connect failed: ${connect.status} ${connect.body.toString()}`);
+  const accessToken = (JSON.parse(connect.body.toString()) as { accessToken: string }).accessToken;
+  const access = await fetchRaw(port, `/access/${accessToken}`);
+  const setCookie = String(access.headers["set-cookie"]?.[0] ?? "");
+  if (access.status !== 302 || !setCookie) throw new Error(`access failed: ${access.status}`);
+  return { accessToken, access, setCookie, cookie: setCookie.split(";")[0] as string };
 }
 
 /** POSTs JSON (with an optional bearer token). */

@@ -14,7 +14,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { agentContainers, cleanupDocker, requireDocker } from "./agent-harness.js";
 import { fetchRaw, waitFor } from "./relay-harness.js";
-import { onePlusOneThroughRelay } from "./relay-jupyter-harness.js";
+import { connectAsRenter, onePlusOneThroughRelay } from "./relay-jupyter-harness.js";
 
 const run = promisify(execFile);
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -99,13 +99,9 @@ describe("relay with real processes (control plane CLI + agent CLI + container)"
     sessionId = await registeredSession(agent);
     base = `/s/${sessionId}/`;
     await waitFor(() => (cp?.text() ?? "").includes("TUNNEL_CONNECTED"), 20_000, "the agent's relay tunnel");
-    const connect = await fetchRaw(cpPort, `/renter/sessions/${sessionId}/connect`, { method: "POST" });
-    expect(connect.status).toBe(201);
-    const token = (JSON.parse(connect.body.toString()) as { accessToken: string }).accessToken;
-    const access = await fetchRaw(cpPort, `/access/${token}`);
-    expect(access.status).toBe(302);
-    expect(access.headers.location).toBe(base);
-    cookie = String(access.headers["set-cookie"]?.[0]).split(";")[0] as string;
+    const renter = await connectAsRenter(cpPort, sessionId);
+    expect(renter.access.headers.location).toBe(base);
+    cookie = renter.cookie;
     containerId = (await agentContainers(agentName))[0]?.id ?? "";
     expect(containerId).not.toBe("");
   }, 180_000);
@@ -219,10 +215,7 @@ describe("an agent behind TLS: https:// registration and a wss:// tunnel through
     expect(protocols.length).toBeGreaterThanOrEqual(2);
     expect(new Set(protocols)).toEqual(new Set(["TLSv1.3"]));
     const base = `/s/${sessionId}/`;
-    const connect = await fetchRaw(cpPort, `/renter/sessions/${sessionId}/connect`, { method: "POST" });
-    expect(connect.status).toBe(201);
-    const access = await fetchRaw(cpPort, `/access/${(JSON.parse(connect.body.toString()) as { accessToken: string }).accessToken}`);
-    const cookie = String(access.headers["set-cookie"]?.[0]).split(";")[0] as string;
+    const { cookie } = await connectAsRenter(cpPort, sessionId);
     const status = await fetchRaw(cpPort, `${base}api/status`, { headers: { Cookie: cookie } });
     expect(status.status).toBe(200);
     expect(Object.keys(JSON.parse(status.body.toString()) as object).sort()).toEqual(["connections", "kernels", "last_activity", "started"]);

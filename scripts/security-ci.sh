@@ -30,59 +30,60 @@ export RUNIT_DB="$WORK/runit.db"
 export RUNIT_ADMIN_TOKEN="ci-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 PORT="$(node -e 'const s=require("node:net").createServer().listen(0,"127.0.0.1",()=>{process.stdout.write(String(s.address().port));s.close()})')"
 
-KEY="$(node "$CLI" keys create --name ci | tail -n 1 | tr -d '\r')"
-if [ -z "$KEY" ]; then echo "[security-ci] keys create printed no key" >&2; exit 1; fi
-KEYS=("$KEY")
+KEYS=()
+# new_key <name>: a provider key in $RUNIT_DB, in $KEY (and KEYS, for the log check below).
+new_key() {
+  KEY="$(node "$CLI" keys create --name "$1" | tail -n 1 | tr -d '\r')"
+  if [ -z "$KEY" ]; then echo "[security-ci] keys create printed no key" >&2; exit 1; fi
+  KEYS+=("$KEY")
+}
 
-# start_server [VAR=value...]: the CLI on $PORT with the given extra environment.
+# start_server <log> [VAR=value...]: the CLI on $PORT with the given extra environment, logging
+# to $WORK/<log> (that file is then $LOG).
 start_server() {
-  : >"$WORK/server.log"
-  env "$@" PORT="$PORT" RUNIT_HOST=127.0.0.1 node "$CLI" serve >>"$WORK/server.log" 2>&1 &
+  LOG="$WORK/$1"; shift
+  env "$@" PORT="$PORT" RUNIT_HOST=127.0.0.1 node "$CLI" serve >"$LOG" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 100); do
-    grep -q "RUNIT server listening on port" "$WORK/server.log" && break
+    grep -q "RUNIT server listening on port" "$LOG" && break
     kill -0 "$SERVER_PID" 2>/dev/null || break
     sleep 0.1
   done
-  if ! grep -q "RUNIT server listening on port" "$WORK/server.log"; then
+  if ! grep -q "RUNIT server listening on port" "$LOG"; then
     echo "[security-ci] the control plane did not start:" >&2
-    cat "$WORK/server.log" >&2
+    cat "$LOG" >&2
     exit 1
   fi
 }
 
-start_server
+new_key ci
+start_server server.log
 echo "[security-ci] control plane on http://127.0.0.1:$PORT (database $RUNIT_DB)"
 status=0
 RUNIT_PROVIDER_KEY="$KEY" ./test_security.sh "http://127.0.0.1:$PORT" || status=$?
 stop_server
-cp "$WORK/server.log" "$WORK/server-1.log"
 
 # Second pass: the same suite against per-session origins (every session on its own host,
 # http://<id>.localhost:<port>), with a fresh database so that no rate-limit budget carries over.
 if [ "$status" -eq 0 ]; then
   export RUNIT_DB="$WORK/runit-origins.db"
-  KEY="$(node "$CLI" keys create --name ci-origins | tail -n 1 | tr -d '\r')"
-  if [ -z "$KEY" ]; then echo "[security-ci] keys create printed no key" >&2; exit 1; fi
-  KEYS+=("$KEY")
+  new_key ci-origins
   ORIGIN="http://{id}.localhost:$PORT"
-  start_server RUNIT_SESSION_ORIGIN="$ORIGIN"
+  start_server server-origins.log RUNIT_SESSION_ORIGIN="$ORIGIN"
   echo "[security-ci] control plane with RUNIT_SESSION_ORIGIN=$ORIGIN"
   RUNIT_PROVIDER_KEY="$KEY" RUNIT_SESSION_ORIGIN="$ORIGIN" ./test_security.sh "http://127.0.0.1:$PORT" || status=$?
   stop_server
-  cat "$WORK/server.log" >>"$WORK/server-1.log"
 fi
-mv "$WORK/server-1.log" "$WORK/server.log"
 
 # The keys were shown once, by `keys create`; the server must never have logged one whole.
 for key in "${KEYS[@]}"; do
-  if grep -qF -- "$key" "$WORK/server.log"; then
-    echo "[security-ci] ❌ the server log contains a whole provider key" >&2
+  if leaked="$(grep -lF -- "$key" "$WORK"/server*.log)"; then
+    echo "[security-ci] ❌ the server log ($(basename "$leaked")) contains a whole provider key" >&2
     status=1
   fi
 done
 if [ "$status" -ne 0 ]; then
-  echo "[security-ci] test_security.sh failed ($status); server log:" >&2
-  tail -n 60 "$WORK/server.log" >&2
+  echo "[security-ci] test_security.sh failed ($status); server log ($(basename "$LOG")):" >&2
+  tail -n 60 "$LOG" >&2
 fi
 exit "$status"

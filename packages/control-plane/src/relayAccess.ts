@@ -68,8 +68,7 @@ export class RelayAccess extends SessionLifecycle {
   private authorizeRelaySlowly(sessionId: string, accessToken: string | undefined, ip: string): RelayAuthorization {
     const found = this.sessionsDb.byId(sessionId);
     const session = found ? this.expireIfDue(found) : undefined;
-    const tokenHash = session?.status === "LOCKED" ? this.sessionsDb.lockTokenHashOf(sessionId) : undefined;
-    const lock = tokenHash === undefined ? undefined : { tokenHash, ip: this.sessionsDb.lockOf(sessionId)?.ip ?? "" };
+    const lock = session?.status === "LOCKED" ? this.sessionsDb.relayGate(sessionId)?.lock : undefined;
     return this.admitLockHolder(sessionId, session !== undefined && session.status !== "ENDED", lock, accessToken, ip);
   }
 

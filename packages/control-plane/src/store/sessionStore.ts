@@ -255,15 +255,6 @@ export class SessionStore {
     return row ? toLock(row) : undefined;
   }
 
-  /** The token hash of a session's live lock. */
-  lockTokenHashOf(sessionId: string): string | undefined {
-    return (
-      this.sql("SELECT token_hash FROM locks WHERE session_id = ? AND released_at IS NULL").get(sessionId) as
-        | { token_hash: string }
-        | undefined
-    )?.token_hash;
-  }
-
   /** Records renter activity on a live lock (cheap write). */
   touchRenter(sessionId: string, now: number): void {
     this.sql("UPDATE locks SET renter_seen_at = max(renter_seen_at, ?) WHERE session_id = ? AND released_at IS NULL")
