@@ -142,6 +142,10 @@ export function call(
           }
           resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
         });
+        // A response cut before its end (the relay cuts one whose source died) never ends.
+        res.on("close", () => {
+          if (!res.complete) reject(new Error(`response ${res.statusCode ?? 0} cut before its end`));
+        });
       },
     );
     req.setTimeout(10_000, () => req.destroy(new Error("request timed out")));
