@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { AGENT_TUNNEL_PATH, DEFAULT_STREAM_WINDOW_BYTES, toRunitError } from "@runit/protocol";
 import { DEFAULT_RELAY_RESPONSE_TIMEOUT_MS } from "../config.js";
+import { checkResponseParser } from "./jupyterConnections.js";
 import { RelayMeter } from "./relayMeter.js";
 import { RenterRelay } from "./renterRelay.js";
 import { TunnelHub } from "./tunnelHub.js";
@@ -19,6 +20,7 @@ const DEFAULT_METER_FLUSH_BYTES = 256 * 1024;
  * against the lock (cookie + locking IP) and metered towards the session's bandwidth cap.
  */
 export function createRelay(ctx: RelayContext, options: RelayOptions = {}): RelayPlugin {
+  checkResponseParser();
   const meter: RelayMeter = new RelayMeter(
     ctx.sessions,
     (sessionId) => {

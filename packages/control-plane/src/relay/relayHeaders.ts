@@ -26,31 +26,45 @@ export interface JupyterUpstream {
   token: string;
 }
 
+/** A request for Jupyter: its head, ready to write, and how its body (if any) is framed. */
+export interface UpstreamRequest {
+  head: string;
+  body: "none" | "length" | "chunked";
+}
+
+// What Node's HTTP server already refuses in a request line or header; checked again because the
+// head is written by hand, so that nothing a renter sends can end a line early.
+const UNSAFE_IN_HEAD = /[\0\r\n]/;
+
 /**
- * The request headers sent to Jupyter, as a flat name/value list: the renter's own minus its
+ * The request sent to Jupyter: the renter's method and path, the renter's headers minus its
  * credentials, hop-by-hop headers and Host; Host (and Origin, when present) set to Jupyter's own
  * address so its same-origin and DNS-rebinding checks pass; Jupyter's token added. Cross-site
  * requests never get this far: the relay cookie is SameSite=Strict and bound to the locking IP.
  * A request with a body that came without Content-Length is sent chunked, so its framing towards
- * Jupyter is always explicit.
+ * Jupyter is always explicit. Undefined when a value could not be written safely.
  */
-export function upstreamRequestHeaders(rawHeaders: string[], upstream: JupyterUpstream, upgrade: boolean): string[] {
+export function upstreamRequest(method: string, url: string, rawHeaders: string[], upstream: JupyterUpstream, upgrade: boolean): UpstreamRequest | undefined {
   const host = `127.0.0.1:${upstream.port}`;
-  const out: string[] = [];
-  let hasBody = false;
-  let hasLength = false;
+  let head = `${method} ${url} HTTP/1.1\r\nHost: ${host}\r\nAuthorization: token ${upstream.token}\r\n`;
+  let unsafe = UNSAFE_IN_HEAD.test(method) || UNSAFE_IN_HEAD.test(url);
+  let chunked = false;
+  let length: string | undefined;
   for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
     const lower = name.toLowerCase();
-    if (lower === "transfer-encoding") hasBody = true;
-    if (lower === "content-length") hasLength = true;
+    if (lower === "transfer-encoding") chunked = true;
+    if (lower === "content-length") length = rawHeaders[i + 1];
     if (lower === "host" || RENTER_CREDENTIALS.has(lower) || HOP_BY_HOP_HEADERS.has(lower) || ANSWERED_HERE.has(lower)) continue;
-    out.push(name, lower === "origin" ? `http://${host}` : (rawHeaders[i + 1] as string));
+    const value = lower === "origin" ? `http://${host}` : (rawHeaders[i + 1] as string);
+    if (UNSAFE_IN_HEAD.test(name) || UNSAFE_IN_HEAD.test(value)) unsafe = true;
+    head += `${name}: ${value}\r\n`;
   }
-  out.push("Host", host, "Authorization", `token ${upstream.token}`);
-  if (upgrade) out.push("Connection", "Upgrade", "Upgrade", "websocket");
-  else if (hasBody && !hasLength) out.push("Transfer-Encoding", "chunked");
-  return out;
+  if (unsafe) return undefined;
+  const body = upgrade ? "none" : chunked ? "chunked" : length !== undefined && length !== "0" ? "length" : "none";
+  if (upgrade) head += "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+  else if (body === "chunked") head += "Transfer-Encoding: chunked\r\n";
+  return { head: `${head}\r\n`, body };
 }
 
 // Response headers that act on a whole origin (host), never on one page or path. A session's pages

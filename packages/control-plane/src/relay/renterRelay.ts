@@ -1,12 +1,13 @@
-import { request, type ClientRequest, type IncomingMessage, type ServerResponse } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { RELAY_COOKIE_NAME, RunitError, toRunitError } from "@runit/protocol";
 import { TunnelStreamError } from "@runit/relay-link";
 import { writeJsonError } from "../httpErrors.js";
 import { rawResponseHead, writeRawError } from "./rawHttp.js";
-import { readCookie, responseHeadersForRenter, upstreamRequestHeaders, withoutHeader } from "./relayHeaders.js";
+import { MalformedResponseError, type JupyterConnection, type JupyterExchange } from "./jupyterConnections.js";
+import { readCookie, responseHeadersForRenter, upstreamRequest, withoutHeader } from "./relayHeaders.js";
 import type { RelayMeter } from "./relayMeter.js";
-import type { LiveTunnel, TunnelHub } from "./tunnelHub.js";
+import type { TunnelHub } from "./tunnelHub.js";
 import type { RelayContext } from "./types.js";
 
 const SESSION_PATH = /^\/s\/([^/?#]+)(\/[^?#]*)?(\?.*)?$/;
@@ -21,8 +22,8 @@ class ResponseTimeoutError extends Error {
 
 /**
  * The renter's side of the relay: authorizes every `/s/<id>/...` request and upgrade (cookie +
- * locking IP) and sends it with Node's HTTP client to the session's Jupyter, over the connection
- * pool of the session's tunnel (`TunnelHub`).
+ * locking IP) and sends it to the session's Jupyter over the connection pool of the session's
+ * tunnel (`JupyterPool`), streaming the answer back.
  */
 export class RenterRelay {
   constructor(
@@ -100,107 +101,126 @@ export class RenterRelay {
     const tunnel = this.hub.tunnelFor(sessionId);
     if (!tunnel) return sendError(res, new RunitError("TUNNEL_UNAVAILABLE"));
     this.meter.touch(sessionId);
-    const upstream = this.upstreamRequest(tunnel, req.method ?? "GET", url, req.rawHeaders, false);
-    this.limitWaitForAnswer(upstream, sessionId);
-    upstream.on("error", (err) => {
-      if (!res.headersSent) sendError(res, relayError(err));
-      else res.destroy();
+    const method = req.method ?? "GET";
+    const request = upstreamRequest(method, url, req.rawHeaders, tunnel.upstream, false);
+    if (!request) return sendError(res, new RunitError("INVALID_BODY", "A request header could not be relayed"));
+    const wait = this.answerTimer(sessionId);
+    const exchange: JupyterExchange = {
+      method,
+      upgrade: false,
+      sink: res,
+      head: (status, statusMessage, rawHeaders) => {
+        wait.stop();
+        try {
+          res.writeHead(status, statusMessage, responseHeadersForRenter(rawHeaders, status));
+          return true;
+        } catch (err) {
+          // Defence in depth: llhttp already refuses what writeHead would refuse.
+          sendError(res, new RunitError("TUNNEL_UNAVAILABLE", `Jupyter sent an unusable response head (${(err as Error).message})`));
+          return false;
+        }
+      },
+      body: (chunk) => res.write(chunk),
+      end: () => void res.end(),
+      upgraded: (_message, _headers, stream) => stream.destroy(), // never: not an upgrade request
+      fail: (err) => {
+        wait.stop();
+        sendError(res, relayError(err));
+      },
+    };
+    let connection: JupyterConnection | undefined;
+    const withdraw = tunnel.pool.acquire((acquired) => {
+      if (acquired instanceof Error) return exchange.fail(acquired);
+      connection = acquired;
+      acquired.send(exchange, request.head, request.body, req, () => wait.start(acquired, exchange));
     });
     res.on("close", () => {
-      if (!res.writableFinished) upstream.destroy();
+      wait.stop();
+      withdraw();
+      if (!res.writableFinished) connection?.cancel(exchange);
     });
-    upstream.on("response", (answer) => {
-      answer.on("aborted", () => res.destroy());
-      answer.on("error", () => res.destroy());
-      const status = answer.statusCode ?? 502;
-      try {
-        res.writeHead(status, answer.statusMessage, responseHeadersForRenter(answer.rawHeaders, status));
-      } catch (err) {
-        // Defence in depth: Node's parser already refuses what writeHead would refuse.
-        answer.destroy();
-        return sendError(res, new RunitError("TUNNEL_UNAVAILABLE", `Jupyter sent an unusable response head (${(err as Error).message})`));
-      }
-      answer.pipe(res);
-    });
-    req.pipe(upstream);
   }
 
   private relayUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, sessionId: string, url: string): void {
     const tunnel = this.hub.tunnelFor(sessionId);
-    if (!tunnel) {
-      const error = new RunitError("TUNNEL_UNAVAILABLE");
+    const request = tunnel && upstreamRequest("GET", url, req.rawHeaders, tunnel.upstream, true);
+    if (!tunnel || !request) {
+      const error = tunnel ? new RunitError("INVALID_BODY", "A request header could not be relayed") : new RunitError("TUNNEL_UNAVAILABLE");
       return writeRawError(socket, error.status, error.toBody());
     }
     this.meter.touch(sessionId);
-    const upstream = this.upstreamRequest(tunnel, "GET", url, req.rawHeaders, true);
-    this.limitWaitForAnswer(upstream, sessionId);
+    const wait = this.answerTimer(sessionId);
     let answered = false;
-    upstream.on("error", (err) => {
-      if (answered) return socket.destroy();
-      const error = relayError(err);
-      writeRawError(socket, error.status, error.toBody());
-    });
-    socket.on("close", () => upstream.destroy());
-    upstream.on("upgrade", (answer, jupyter, jupyterHead) => {
-      answered = true;
-      jupyter.setTimeout(0); // the pool's idle limit was for pooled HTTP connections
-      socket.write(rawResponseHead(101, answer.statusMessage, responseHeadersForRenter(answer.rawHeaders, 101)));
-      if (jupyterHead.length > 0) socket.write(jupyterHead);
-      if (head.length > 0) jupyter.write(head);
-      jupyter.on("error", () => socket.destroy());
-      jupyter.on("close", () => socket.destroy());
-      socket.on("error", () => jupyter.destroy());
-      socket.on("close", () => jupyter.destroy());
-      jupyter.pipe(socket);
-      socket.pipe(jupyter);
-    });
-    upstream.on("response", (answer) => {
+    let connection: JupyterConnection | undefined;
+    const exchange: JupyterExchange = {
+      method: "GET",
+      upgrade: true,
+      sink: socket,
       // A refused upgrade: relayed as Jupyter's status and body, delimited by closing the connection.
-      answered = true;
-      const status = answer.statusCode ?? 502;
-      const headers = withoutHeader(responseHeadersForRenter(answer.rawHeaders, status), "content-length");
-      socket.write(rawResponseHead(status, answer.statusMessage, [...headers, "Connection", "close"]));
-      answer.on("error", () => socket.destroy());
-      answer.pipe(socket);
+      head: (status, statusMessage, rawHeaders) => {
+        wait.stop();
+        answered = true;
+        const headers = withoutHeader(responseHeadersForRenter(rawHeaders, status), "content-length");
+        socket.write(rawResponseHead(status, statusMessage, [...headers, "Connection", "close"]));
+        return true;
+      },
+      body: (chunk) => socket.write(chunk),
+      end: () => void socket.end(),
+      upgraded: (statusMessage, rawHeaders, jupyter, jupyterHead) => {
+        wait.stop();
+        answered = true;
+        socket.write(rawResponseHead(101, statusMessage, responseHeadersForRenter(rawHeaders, 101)));
+        if (jupyterHead.length > 0) socket.write(jupyterHead);
+        if (head.length > 0) jupyter.write(head);
+        jupyter.on("error", () => socket.destroy());
+        jupyter.on("close", () => socket.destroy());
+        socket.on("error", () => jupyter.destroy());
+        socket.on("close", () => jupyter.destroy());
+        jupyter.pipe(socket);
+        socket.pipe(jupyter);
+      },
+      fail: (err) => {
+        wait.stop();
+        if (answered) return void socket.destroy();
+        const error = relayError(err);
+        writeRawError(socket, error.status, error.toBody());
+      },
+    };
+    const withdraw = tunnel.pool.acquire((acquired) => {
+      if (acquired instanceof Error) return exchange.fail(acquired);
+      connection = acquired;
+      acquired.send(exchange, request.head, "none", req, () => wait.start(acquired, exchange));
     });
-    upstream.end();
+    socket.on("close", () => {
+      wait.stop();
+      withdraw();
+      if (!answered) connection?.cancel(exchange);
+    });
   }
 
   /**
    * Gives Jupyter `responseTimeoutMs` from the moment the whole request is sent to start its
-   * answer; past that the request, and with it the pooled connection, is destroyed (the agent is
-   * told to drop its Jupyter connection) and the renter gets 504. Once the head has arrived the
-   * body may take any time: downloads and kernel WebSockets are long by nature.
+   * answer; past that the connection is closed (the agent is told to drop its Jupyter connection,
+   * so it never carries another request) and the renter gets 504. Once the head has arrived the
+   * body may take any time: downloads and kernel WebSockets are long by nature. Waiting for a
+   * free pooled connection does not count.
    */
-  private limitWaitForAnswer(upstream: ClientRequest, sessionId: string): void {
+  private answerTimer(sessionId: string): { start(connection: JupyterConnection, exchange: JupyterExchange): void; stop(): void } {
     let timer: NodeJS.Timeout | undefined;
-    const start = (): void => {
-      timer = setTimeout(() => {
-        this.ctx.logger.warn(`[relay] Jupyter did not answer within ${this.responseTimeoutMs} ms: ${sessionId}`);
-        upstream.destroy(new ResponseTimeoutError(this.responseTimeoutMs));
-      }, this.responseTimeoutMs);
+    let stopped = false;
+    return {
+      start: (connection, exchange) => {
+        if (stopped) return;
+        timer = setTimeout(() => {
+          this.ctx.logger.warn(`[relay] Jupyter did not answer within ${this.responseTimeoutMs} ms: ${sessionId}`);
+          connection.abort(new ResponseTimeoutError(this.responseTimeoutMs), exchange);
+        }, this.responseTimeoutMs);
+      },
+      stop: () => {
+        stopped = true;
+        clearTimeout(timer);
+      },
     };
-    const stop = (): void => {
-      clearTimeout(timer);
-      upstream.off("finish", start);
-    };
-    upstream.once("finish", start);
-    upstream.once("response", stop);
-    upstream.once("upgrade", stop);
-    upstream.once("close", stop);
-  }
-
-  /** An HTTP request to the session's Jupyter over the tunnel's connection pool. */
-  private upstreamRequest(tunnel: LiveTunnel, method: string, url: string, rawHeaders: string[], upgrade: boolean): ClientRequest {
-    return request({
-      agent: tunnel.pool,
-      host: "127.0.0.1",
-      port: tunnel.upstream.port,
-      method,
-      path: url,
-      headers: upstreamRequestHeaders(rawHeaders, tunnel.upstream, upgrade),
-      setHost: false,
-    });
   }
 }
 
@@ -208,7 +228,7 @@ export class RenterRelay {
 function relayError(err: Error): RunitError {
   if (err instanceof ResponseTimeoutError) return new RunitError("UPSTREAM_TIMEOUT");
   if (err instanceof TunnelStreamError && err.code === "BANDWIDTH_EXCEEDED") return new RunitError("BANDWIDTH_EXCEEDED");
-  const why = err instanceof TunnelStreamError ? err.message : "connection to Jupyter lost";
+  const why = err instanceof TunnelStreamError || err instanceof MalformedResponseError ? err.message : "connection to Jupyter lost";
   return new RunitError("TUNNEL_UNAVAILABLE", `${new RunitError("TUNNEL_UNAVAILABLE").message} (${why})`);
 }
 

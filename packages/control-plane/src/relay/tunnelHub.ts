@@ -1,4 +1,4 @@
-import { Agent, type ClientRequestArgs, type IncomingMessage } from "node:http";
+import type { IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import {
@@ -12,44 +12,15 @@ import {
   type HelloFrame,
   type TunnelErrorCode,
 } from "@runit/protocol";
-import { TunnelLink, TunnelStreamError, acceptWebSocket, checkWebSocketRequest, type StreamMeter } from "@runit/relay-link";
+import { TunnelLink, acceptWebSocket, checkWebSocketRequest, type StreamMeter } from "@runit/relay-link";
+import { JupyterPool } from "./jupyterConnections.js";
 import { writeRawError } from "./rawHttp.js";
 import type { JupyterUpstream } from "./relayHeaders.js";
 import type { RelayContext } from "./types.js";
 
-/** Upstream connections one session may have open at once (renters' WebSockets not counted). */
-const MAX_POOLED_CONNECTIONS = 32;
-/** An idle pooled connection is closed after this long (Jupyter's own idle limit is an hour). */
-const POOLED_IDLE_MS = 30_000;
-
-/**
- * Node's HTTP client connection pool, with tunnel streams for connections: each new connection is
- * a stream the agent connects to Jupyter, kept alive between requests like a TCP connection.
- */
-class UpstreamPool extends Agent {
-  constructor(
-    private readonly link: TunnelLink,
-    private readonly windowBytes: number,
-    private readonly meter: StreamMeter,
-  ) {
-    super({ keepAlive: true, maxSockets: MAX_POOLED_CONNECTIONS, maxFreeSockets: MAX_POOLED_CONNECTIONS, timeout: POOLED_IDLE_MS, scheduling: "lifo" });
-  }
-
-  override createConnection(_options: ClientRequestArgs, callback?: (err: Error | null, stream: Duplex) => void): Duplex | undefined {
-    const stream = this.link.openStream(this.windowBytes, this.meter);
-    if (!stream) {
-      callback?.(new TunnelStreamError("TOO_MANY_STREAMS", "too many open connections on this session"), undefined as unknown as Duplex);
-      return undefined;
-    }
-    // Errors reach the request using the stream; an idle pooled stream has nobody to tell.
-    stream.on("error", () => undefined);
-    return stream;
-  }
-}
-
 /** A session's tunnel once its agent said hello: where to send renter requests. */
 export interface LiveTunnel {
-  pool: Agent;
+  pool: JupyterPool;
   upstream: JupyterUpstream;
 }
 
@@ -167,7 +138,7 @@ export class TunnelHub {
       return tunnel.link.close(TUNNEL_CLOSE_BAD_HELLO, `protocol version ${PROTOCOL_VERSION} required`);
     }
     tunnel.live = {
-      pool: new UpstreamPool(tunnel.link, this.windowBytes, this.meterFor(sessionId)),
+      pool: new JupyterPool(tunnel.link, this.windowBytes, this.meterFor(sessionId)),
       upstream: { port: frame.jupyterPort, token: frame.jupyterToken },
     };
     this.ctx.logger.info(`[relay] tunnel up: ${sessionId}`);
