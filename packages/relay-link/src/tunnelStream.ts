@@ -36,11 +36,9 @@ export interface StreamCarrier {
 /**
  * One multiplexed stream of a tunnel, as a Node Duplex: what is written to it travels to the peer
  * under credit, what the peer sends comes out of its readable side, and credit goes back as the
- * consumer reads. On the control plane it is the "socket" of one upstream HTTP connection (Node's
- * HTTP client runs over it); on the agent it is piped to one TCP connection to Jupyter.
- *
- * It answers the few socket methods Node's HTTP client and agent call (`setTimeout` with a real
- * idle timer, the rest no-ops), so an `http.Agent` can pool it like a TCP connection.
+ * consumer reads. On the control plane it is one pooled HTTP/1.1 connection to Jupyter; on the
+ * agent it is piped to one TCP connection to Jupyter. `setTimeout` works as a socket's does (an
+ * idle timer that emits 'timeout'), so an idle pooled stream can be closed.
  */
 export class TunnelStream extends Duplex {
   private readonly credit: SendCredit;
@@ -168,7 +166,7 @@ export class TunnelStream extends Duplex {
     this.destroy(new TunnelStreamError(code, message));
   }
 
-  // The parts of net.Socket that Node's HTTP client and http.Agent use.
+  /** As `net.Socket#setTimeout`: 'timeout' after `ms` without traffic either way (0: off). */
   setTimeout(ms: number, listener?: () => void): this {
     this.idleMs = ms;
     clearTimeout(this.idleTimer);
@@ -182,18 +180,6 @@ export class TunnelStream extends Duplex {
       this.idleTimer = setTimeout(() => this.emit("timeout"), ms);
       this.idleTimer.unref();
     }
-    return this;
-  }
-  setNoDelay(): this {
-    return this;
-  }
-  setKeepAlive(): this {
-    return this;
-  }
-  ref(): this {
-    return this;
-  }
-  unref(): this {
     return this;
   }
 
