@@ -17,7 +17,7 @@ interface ResponseParser {
   finish(): (Error & { code?: string }) | undefined;
   [callback: number]: unknown;
 }
-interface ResponseParserClass {
+export interface ResponseParserClass {
   new (): ResponseParser;
   RESPONSE: number;
   kOnMessageBegin: number;
@@ -351,21 +351,26 @@ export class JupyterPool {
  * arguments), so that a Node whose internals changed fails at start with a clear message instead
  * of mis-relaying. Throws when it does not.
  */
-export function checkResponseParser(): void {
+export function checkResponseParser(Parser: ResponseParserClass = HTTPParser): void {
   const problem = (why: string): Error => new Error(`The relay cannot use this Node's HTTP parser (${process.version}): ${why}. Use Node 20.`);
   for (const slot of ["RESPONSE", "kOnMessageBegin", "kOnHeaders", "kOnHeadersComplete", "kOnBody", "kOnMessageComplete", "kLenientNone"] as const) {
-    if (typeof HTTPParser?.[slot] !== "number") throw problem(`no ${slot}`);
+    if (typeof Parser?.[slot] !== "number") throw problem(`no ${slot}`);
   }
   const seen: string[] = [];
-  const parser = new HTTPParser();
-  parser.initialize(HTTPParser.RESPONSE, {}, maxHeaderSize, HTTPParser.kLenientNone);
-  parser[HTTPParser.kOnMessageBegin] = () => void seen.push("begin");
-  parser[HTTPParser.kOnHeadersComplete] = (_a: number, _b: number, headers: string[], _m: unknown, _u: unknown, status: number, message: string, _up: boolean, keepAlive: boolean) =>
-    void seen.push(`head ${status} ${message} ${headers.join(",")} ${keepAlive}`);
-  parser[HTTPParser.kOnBody] = (chunk: Buffer) => void seen.push(`body ${Buffer.isBuffer(chunk) ? chunk.toString() : typeof chunk}`);
-  parser[HTTPParser.kOnMessageComplete] = () => void seen.push("end");
   const sample = Buffer.from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi");
-  const parsed = parser.execute(sample);
+  let parsed: unknown;
+  try {
+    const parser = new Parser();
+    parser.initialize(Parser.RESPONSE, {}, maxHeaderSize, Parser.kLenientNone);
+    parser[Parser.kOnMessageBegin] = () => void seen.push("begin");
+    parser[Parser.kOnHeadersComplete] = (_a: number, _b: number, headers: string[], _m: unknown, _u: unknown, status: number, message: string, _up: boolean, keepAlive: boolean) =>
+      void seen.push(`head ${status} ${message} ${headers.join(",")} ${keepAlive}`);
+    parser[Parser.kOnBody] = (chunk: Buffer) => void seen.push(`body ${Buffer.isBuffer(chunk) ? chunk.toString() : typeof chunk}`);
+    parser[Parser.kOnMessageComplete] = () => void seen.push("end");
+    parsed = parser.execute(sample);
+  } catch (err) {
+    throw problem(`parsing a sample answer threw ${(err as Error).message}`);
+  }
   const expected = "begin|head 200 OK Content-Length,2 true|body hi|end";
   if (parsed !== sample.length || seen.join("|") !== expected) throw problem(`parsed ${String(parsed)} bytes as "${seen.join("|")}"`);
 }

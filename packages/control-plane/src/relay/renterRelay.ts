@@ -134,10 +134,11 @@ export class RenterRelay {
       connection = acquired;
       acquired.send(exchange, request.head, request.body, req, () => wait.start(acquired, exchange));
     });
+    // The renter went away: stop waiting, or stop reading Jupyter's answer (no-op once it is done).
     res.on("close", () => {
       wait.stop();
       withdraw();
-      if (!res.writableFinished) connection?.cancel(exchange);
+      connection?.cancel(exchange);
     });
   }
 
@@ -194,7 +195,7 @@ export class RenterRelay {
     socket.on("close", () => {
       wait.stop();
       withdraw();
-      if (!answered) connection?.cancel(exchange);
+      connection?.cancel(exchange); // a no-op once the stream is handed over or the answer is done
     });
   }
 
