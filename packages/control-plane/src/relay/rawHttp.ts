@@ -13,7 +13,7 @@ export function writeRawError(socket: Duplex, status: number, body: unknown): vo
 }
 
 /**
- * The status line and headers (a flat name/value list, as parsed by Node's HTTP client) of a
+ * The status line and headers (a flat name/value list, as parsed by llhttp) of a
  * response written on a raw socket (upgrades). CR and LF cannot occur in parsed values; they are
  * removed anyway so no value can ever start a header of its own.
  */
