@@ -173,10 +173,6 @@ export class JupyterConnection {
     this.stream.destroy();
   }
 
-  get isClosed(): boolean {
-    return this.closed;
-  }
-
   private onData(chunk: Buffer): void {
     if (!this.exchange) return this.close(); // Jupyter spoke without being asked
     let parsed: ReturnType<ResponseParser["execute"]>;
