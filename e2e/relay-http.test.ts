@@ -2,8 +2,8 @@
 // answers byte for byte: every way a response can be framed, answers the relay must refuse, and
 // when a pooled connection may carry the next request. Real sockets, the real agent tunnel.
 import { createHash } from "node:crypto";
-import { connect, createServer, type Server, type Socket } from "node:net";
-import type { AddressInfo } from "node:net";
+import { request } from "node:http";
+import { connect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BASE, COOKIE, fetchRaw, startAgentTunnel, startControlPlane, waitFor, type ControlPlane } from "./relay-harness.js";
 import type { RelayTunnel } from "../packages/agent/src/tunnel/relay.js";
@@ -243,7 +243,6 @@ describe("relay HTTP/1.1 to Jupyter, byte for byte", () => {
   });
 
   it("sends a body without Content-Length chunked, and a Content-Length body as is", async () => {
-    const { request } = await import("node:http");
     const status = await new Promise<number>((resolve, reject) => {
       const req = request({ host: "127.0.0.1", port: cp.port, path: `${BASE}early-answer`, method: "POST", headers: COOKIE, agent: false }, (res) => {
         res.resume();
@@ -264,7 +263,6 @@ describe("relay HTTP/1.1 to Jupyter, byte for byte", () => {
   });
 
   it("streams a large body without Content-Length chunked and intact, under the tunnel's flow control", async () => {
-    const { request } = await import("node:http");
     const piece = Buffer.alloc(64 * 1024);
     const hash = createHash("sha256");
     const pieces = 256; // 16 MiB, more than the window and the sockets' buffers hold while Jupyter waits
@@ -300,14 +298,12 @@ describe("relay HTTP/1.1 to Jupyter, byte for byte", () => {
   });
 
   it("does not reuse a connection whose request body was still going out when Jupyter answered", async () => {
-    const { request } = await import("node:http");
     let finish: () => void = () => undefined;
     const status = await new Promise<number>((resolve, reject) => {
       const req = request({ host: "127.0.0.1", port: cp.port, path: `${BASE}early-answer`, method: "POST", headers: { ...COOKIE, "Content-Length": "20" }, agent: false }, (res) => {
         res.resume();
         resolve(res.statusCode ?? 0);
       });
-      req.on("error", () => undefined);
       req.write("ten bytes.");
       finish = () => req.destroy();
       req.on("error", reject);

@@ -2,11 +2,12 @@ import { createRequire } from "node:module";
 import { maxHeaderSize } from "node:http";
 import type { Writable } from "node:stream";
 import { TunnelStreamError, type StreamMeter, type TunnelLink, type TunnelStream } from "@runit/relay-link";
+import type { UpstreamRequest } from "./relayHeaders.js";
 
 /** Upstream connections one session may have open at once (renters' WebSockets not counted). */
 export const MAX_POOLED_CONNECTIONS = 32;
 /** An idle pooled connection is closed after this long (Jupyter's own idle limit is an hour). */
-export const POOLED_IDLE_MS = 30_000;
+const POOLED_IDLE_MS = 30_000;
 
 // Node's own HTTP parser (llhttp, the one behind node:http), used without Node's HTTP client.
 // `_http_common` is what `node:http` itself is built on: not in Node's documentation, so its
@@ -32,28 +33,33 @@ const HTTPParser = (createRequire(import.meta.url)("_http_common") as { HTTPPars
 /** llhttp's answer to on_headers_complete: the response has no body (HEAD, or a 1xx). */
 const SKIP_BODY = 1;
 
-/** What one request does with Jupyter's answer; the connection calls exactly one of end/fail/upgraded. */
+/**
+ * What one request does with Jupyter's answer. After `head`, the body is written to `sink` and
+ * `sink` is ended when the answer is complete; or `upgraded` is called; or `fail`, once.
+ */
 export interface JupyterExchange {
   /** The request's method (a HEAD answer has no body). */
   readonly method: string;
-  /** An upgrade request: a 101 hands the connection over, and it is never pooled again. */
-  readonly upgrade: boolean;
   /** Where the body goes: while it is full the connection stops reading, and its 'drain' resumes it. */
   readonly sink: Writable;
   /** Jupyter's final status line and headers (1xx answers other than 101 are skipped). False: give up. */
   head(status: number, statusMessage: string, rawHeaders: string[]): boolean;
-  /** A piece of the body; false when the sink is full. */
-  body(chunk: Buffer): boolean;
-  /** The answer is complete. */
-  end(): void;
-  /** Jupyter answered an upgrade with 101: `stream` is the caller's now, `rest` its first bytes. */
-  upgraded(statusMessage: string, rawHeaders: string[], stream: TunnelStream, rest: Buffer): void;
-  /** The exchange failed before `end` (connection lost, malformed answer, timeout). */
+  /**
+   * Set for an upgrade request, which is never pooled again. Called on Jupyter's 101: `stream` is
+   * the caller's now, `rest` its first bytes.
+   */
+  readonly upgraded?: (statusMessage: string, rawHeaders: string[], stream: TunnelStream, rest: Buffer) => void;
+  /** The exchange failed before its answer was complete (connection lost, malformed answer, timeout). */
   fail(err: Error): void;
 }
 
-/** How a request's body is framed towards Jupyter. */
-export type RequestBody = "none" | "length" | "chunked";
+/** Jupyter did not start its answer within the answer timeout. */
+export class ResponseTimeoutError extends Error {
+  constructor(readonly ms: number) {
+    super(`Jupyter did not answer within ${ms} ms`);
+    this.name = "ResponseTimeoutError";
+  }
+}
 
 /** Jupyter's answer broke HTTP/1.1 (llhttp refused it); the renter gets a 502. */
 export class MalformedResponseError extends Error {
@@ -79,6 +85,7 @@ export class JupyterConnection {
   private switched: { statusMessage: string; rawHeaders: string[] } | undefined;
   private paused = false;
   private closed = false;
+  private answerTimer: NodeJS.Timeout | undefined;
   /** The answer is complete: back to the pool once the bytes that carried it are all parsed. */
   private reusable = false;
   /** Jupyter began an answer nobody asked for: the connection is closed. */
@@ -117,16 +124,23 @@ export class JupyterConnection {
     });
   }
 
-  /** Sends a request on this connection: its head now, then `body` (the renter's request) as it comes. */
-  send(exchange: JupyterExchange, head: string, framing: RequestBody, body: NodeJS.ReadableStream, sent: () => void): void {
+  /**
+   * Sends a request on this connection: its head now, then `body` (the renter's request) as it
+   * comes. Once the whole request is sent, Jupyter has `answerTimeoutMs` to start its answer;
+   * past that the exchange fails with `ResponseTimeoutError` and the connection is closed, so it
+   * never carries another request. Once the head has arrived the body may take any time.
+   */
+  send(exchange: JupyterExchange, request: UpstreamRequest, body: NodeJS.ReadableStream, answerTimeoutMs: number): void {
     this.exchange = exchange;
     this.requestSent = false;
     this.stream.setTimeout(0);
-    this.stream.write(head);
+    this.stream.write(request.head);
     const done = (): void => {
       this.requestSent = true;
-      sent();
+      if (this.exchange !== exchange) return;
+      this.answerTimer = setTimeout(() => this.abort(new ResponseTimeoutError(answerTimeoutMs)), answerTimeoutMs);
     };
+    const framing = request.body;
     if (framing === "none") return done();
     const stream = this.stream;
     body.on("data", (chunk: Buffer) => {
@@ -148,8 +162,7 @@ export class JupyterConnection {
   }
 
   /** Fails the current exchange (if any) with `err` and closes the connection. */
-  abort(err: Error, only?: JupyterExchange): void {
-    if (only && this.exchange !== only) return;
+  abort(err: Error): void {
     const exchange = this.exchange;
     this.exchange = undefined;
     exchange?.fail(err);
@@ -168,6 +181,7 @@ export class JupyterConnection {
 
   /** Closes the connection: the agent drops its connection to Jupyter. */
   close(): void {
+    clearTimeout(this.answerTimer);
     if (this.closed) return;
     this.closed = true;
     this.stream.destroy();
@@ -204,8 +218,9 @@ export class JupyterConnection {
     this.headerParts = [];
     const exchange = this.exchange;
     if (!exchange) return SKIP_BODY;
+    if (status >= 200 || status === 101) clearTimeout(this.answerTimer);
     if (status === 101) {
-      if (!exchange.upgrade || !upgrade) {
+      if (!exchange.upgraded || !upgrade) {
         this.abort(new MalformedResponseError("HPE_UNEXPECTED_101"));
         return SKIP_BODY;
       }
@@ -216,7 +231,7 @@ export class JupyterConnection {
       this.interim = true; // 100, 102, 103: no body, the final answer follows
       return SKIP_BODY;
     }
-    this.keepAlive = keepAlive && !exchange.upgrade;
+    this.keepAlive = keepAlive && !exchange.upgraded;
     if (!exchange.head(status, statusMessage, rawHeaders)) {
       this.exchange = undefined;
       this.close();
@@ -227,7 +242,7 @@ export class JupyterConnection {
 
   private onBody(chunk: Buffer): void {
     const exchange = this.exchange;
-    if (!exchange || exchange.body(chunk) || this.paused) return;
+    if (!exchange || exchange.sink.write(chunk) || this.paused) return;
     this.paused = true;
     this.stream.pause();
     exchange.sink.once("drain", this.resume);
@@ -245,7 +260,7 @@ export class JupyterConnection {
     this.exchange = undefined;
     exchange.sink.off("drain", this.resume);
     this.resume();
-    exchange.end();
+    exchange.sink.end();
     // Released by onData once this chunk is parsed, so that bytes after the answer are seen first.
     if (this.keepAlive && this.requestSent) this.reusable = true;
     else this.close();
@@ -262,7 +277,7 @@ export class JupyterConnection {
     stream.removeAllListeners("data").removeAllListeners("end").removeAllListeners("timeout");
     stream.removeAllListeners("error").removeAllListeners("close");
     this.pool.gone(this);
-    exchange.upgraded(statusMessage, rawHeaders, stream, rest);
+    exchange.upgraded?.(statusMessage, rawHeaders, stream, rest);
   }
 }
 
@@ -284,11 +299,29 @@ export class JupyterPool {
   ) {}
 
   /**
-   * Calls `use` with a connection, at once when one is idle or may be opened, else when one comes
-   * free; with an error when the tunnel cannot open one. Returns a function that withdraws the
-   * wait (the renter went away first).
+   * Sends `request` to Jupyter for `exchange` (see `JupyterConnection.send`) on a free connection,
+   * at once or when one comes free; a tunnel that cannot open one fails the exchange. Returns what
+   * to call when the renter goes away: it withdraws the wait, or drops the exchange and closes its
+   * connection if the answer is not complete (a no-op once it is, or once the stream is handed over).
    */
-  acquire(use: (connection: JupyterConnection | Error) => void): () => void {
+  send(exchange: JupyterExchange, request: UpstreamRequest, body: NodeJS.ReadableStream, answerTimeoutMs: number): () => void {
+    let connection: JupyterConnection | undefined;
+    const withdraw = this.acquire((acquired) => {
+      if (acquired instanceof Error) return exchange.fail(acquired);
+      connection = acquired;
+      acquired.send(exchange, request, body, answerTimeoutMs);
+    });
+    return () => {
+      withdraw();
+      connection?.cancel(exchange);
+    };
+  }
+
+  /**
+   * Calls `use` with a connection, at once when one is idle or may be opened, else when one comes
+   * free; with an error when the tunnel cannot open one. Returns a function that withdraws the wait.
+   */
+  private acquire(use: (connection: JupyterConnection | Error) => void): () => void {
     const idle = this.idle.pop();
     if (idle) {
       use(idle);

@@ -4,21 +4,13 @@ import { RELAY_COOKIE_NAME, RunitError, toRunitError } from "@runit/protocol";
 import { TunnelStreamError } from "@runit/relay-link";
 import { writeJsonError } from "../httpErrors.js";
 import { rawResponseHead, writeRawError } from "./rawHttp.js";
-import { MalformedResponseError, type JupyterConnection, type JupyterExchange } from "./jupyterConnections.js";
+import { MalformedResponseError, ResponseTimeoutError, type JupyterExchange } from "./jupyterConnections.js";
 import { readCookie, responseHeadersForRenter, upstreamRequest, withoutHeader } from "./relayHeaders.js";
 import type { RelayMeter } from "./relayMeter.js";
 import type { TunnelHub } from "./tunnelHub.js";
 import type { RelayContext } from "./types.js";
 
 const SESSION_PATH = /^\/s\/([^/?#]+)(\/[^?#]*)?(\?.*)?$/;
-
-/** Jupyter did not start its answer within the relay's response timeout. */
-class ResponseTimeoutError extends Error {
-  constructor(ms: number) {
-    super(`Jupyter did not answer within ${ms} ms`);
-    this.name = "ResponseTimeoutError";
-  }
-}
 
 /**
  * The renter's side of the relay: authorizes every `/s/<id>/...` request and upgrade (cookie +
@@ -104,13 +96,10 @@ export class RenterRelay {
     const method = req.method ?? "GET";
     const request = upstreamRequest(method, url, req.rawHeaders, tunnel.upstream, false);
     if (!request) return sendError(res, new RunitError("INVALID_BODY", "A request header could not be relayed"));
-    const wait = this.answerTimer(sessionId);
     const exchange: JupyterExchange = {
       method,
-      upgrade: false,
       sink: res,
       head: (status, statusMessage, rawHeaders) => {
-        wait.stop();
         try {
           res.writeHead(status, statusMessage, responseHeadersForRenter(rawHeaders, status));
           return true;
@@ -120,26 +109,9 @@ export class RenterRelay {
           return false;
         }
       },
-      body: (chunk) => res.write(chunk),
-      end: () => void res.end(),
-      upgraded: (_message, _headers, stream) => stream.destroy(), // never: not an upgrade request
-      fail: (err) => {
-        wait.stop();
-        sendError(res, relayError(err));
-      },
+      fail: (err) => sendError(res, this.relayError(sessionId, err)),
     };
-    let connection: JupyterConnection | undefined;
-    const withdraw = tunnel.pool.acquire((acquired) => {
-      if (acquired instanceof Error) return exchange.fail(acquired);
-      connection = acquired;
-      acquired.send(exchange, request.head, request.body, req, () => wait.start(acquired, exchange));
-    });
-    // The renter went away: stop waiting, or stop reading Jupyter's answer (no-op once it is done).
-    res.on("close", () => {
-      wait.stop();
-      withdraw();
-      connection?.cancel(exchange);
-    });
+    res.on("close", tunnel.pool.send(exchange, request, req, this.responseTimeoutMs));
   }
 
   private relayUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, sessionId: string, url: string): void {
@@ -150,25 +122,18 @@ export class RenterRelay {
       return writeRawError(socket, error.status, error.toBody());
     }
     this.meter.touch(sessionId);
-    const wait = this.answerTimer(sessionId);
     let answered = false;
-    let connection: JupyterConnection | undefined;
     const exchange: JupyterExchange = {
       method: "GET",
-      upgrade: true,
       sink: socket,
       // A refused upgrade: relayed as Jupyter's status and body, delimited by closing the connection.
       head: (status, statusMessage, rawHeaders) => {
-        wait.stop();
         answered = true;
         const headers = withoutHeader(responseHeadersForRenter(rawHeaders, status), "content-length");
         socket.write(rawResponseHead(status, statusMessage, [...headers, "Connection", "close"]));
         return true;
       },
-      body: (chunk) => socket.write(chunk),
-      end: () => void socket.end(),
       upgraded: (statusMessage, rawHeaders, jupyter, jupyterHead) => {
-        wait.stop();
         answered = true;
         socket.write(rawResponseHead(101, statusMessage, responseHeadersForRenter(rawHeaders, 101)));
         if (jupyterHead.length > 0) socket.write(jupyterHead);
@@ -181,56 +146,24 @@ export class RenterRelay {
         socket.pipe(jupyter);
       },
       fail: (err) => {
-        wait.stop();
         if (answered) return void socket.destroy();
-        const error = relayError(err);
+        const error = this.relayError(sessionId, err);
         writeRawError(socket, error.status, error.toBody());
       },
     };
-    const withdraw = tunnel.pool.acquire((acquired) => {
-      if (acquired instanceof Error) return exchange.fail(acquired);
-      connection = acquired;
-      acquired.send(exchange, request.head, "none", req, () => wait.start(acquired, exchange));
-    });
-    socket.on("close", () => {
-      wait.stop();
-      withdraw();
-      connection?.cancel(exchange); // a no-op once the stream is handed over or the answer is done
-    });
+    socket.on("close", tunnel.pool.send(exchange, request, req, this.responseTimeoutMs));
   }
 
-  /**
-   * Gives Jupyter `responseTimeoutMs` from the moment the whole request is sent to start its
-   * answer; past that the connection is closed (the agent is told to drop its Jupyter connection,
-   * so it never carries another request) and the renter gets 504. Once the head has arrived the
-   * body may take any time: downloads and kernel WebSockets are long by nature. Waiting for a
-   * free pooled connection does not count.
-   */
-  private answerTimer(sessionId: string): { start(connection: JupyterConnection, exchange: JupyterExchange): void; stop(): void } {
-    let timer: NodeJS.Timeout | undefined;
-    let stopped = false;
-    return {
-      start: (connection, exchange) => {
-        if (stopped) return;
-        timer = setTimeout(() => {
-          this.ctx.logger.warn(`[relay] Jupyter did not answer within ${this.responseTimeoutMs} ms: ${sessionId}`);
-          connection.abort(new ResponseTimeoutError(this.responseTimeoutMs), exchange);
-        }, this.responseTimeoutMs);
-      },
-      stop: () => {
-        stopped = true;
-        clearTimeout(timer);
-      },
-    };
+  /** What a renter sees when its request to Jupyter failed before the response started. */
+  private relayError(sessionId: string, err: Error): RunitError {
+    if (err instanceof ResponseTimeoutError) {
+      this.ctx.logger.warn(`[relay] Jupyter did not answer within ${err.ms} ms: ${sessionId}`);
+      return new RunitError("UPSTREAM_TIMEOUT");
+    }
+    if (err instanceof TunnelStreamError && err.code === "BANDWIDTH_EXCEEDED") return new RunitError("BANDWIDTH_EXCEEDED");
+    const why = err instanceof TunnelStreamError || err instanceof MalformedResponseError ? err.message : "connection to Jupyter lost";
+    return new RunitError("TUNNEL_UNAVAILABLE", `${new RunitError("TUNNEL_UNAVAILABLE").message} (${why})`);
   }
-}
-
-/** What a renter sees when its request to Jupyter failed before the response started. */
-function relayError(err: Error): RunitError {
-  if (err instanceof ResponseTimeoutError) return new RunitError("UPSTREAM_TIMEOUT");
-  if (err instanceof TunnelStreamError && err.code === "BANDWIDTH_EXCEEDED") return new RunitError("BANDWIDTH_EXCEEDED");
-  const why = err instanceof TunnelStreamError || err instanceof MalformedResponseError ? err.message : "connection to Jupyter lost";
-  return new RunitError("TUNNEL_UNAVAILABLE", `${new RunitError("TUNNEL_UNAVAILABLE").message} (${why})`);
 }
 
 function sendError(res: ServerResponse, error: RunitError): void {
