@@ -50,6 +50,8 @@ const SCRIPTS: Record<string, Script> = {
   "cut-body": (s) => s.end("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part of it"),
   // The start of a second answer in the same packet: kept, it would be read as the next request's.
   "trailing-bytes": (s) => s.write(ok("the answer") + "HTTP/1.1 200 OK\r\nX-Spoofed: 1\r\n"),
+  // Starts its answer as soon as the head is in; the rest follows 400 ms after the upload ends.
+  "answer-while-uploading": (s) => s.write("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst"),
   "early-answer": (s) => s.write("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo much"),
   "forbidden-headers": (s) => s.write(ok("cookies?", "Set-Cookie: _xsrf=1; Path=/\r\nStrict-Transport-Security: max-age=1\r\nKeep-Alive: timeout=5\r\n")),
   slow: (s) => setTimeout(() => s.write(ok("slow")), 150),
@@ -104,6 +106,7 @@ async function startScriptedJupyter(): Promise<{ port: number; seen: Seen; serve
             const decoded = left === "chunked" ? decodeChunked(received) : received;
             socket.write(ok(JSON.stringify({ length: decoded.length, sha256: createHash("sha256").update(decoded).digest("hex") })));
           }
+          if (done && path === "answer-while-uploading") setTimeout(() => socket.write("-last"), 400);
           if (!done || buffered.length === 0) return;
         }
         const end = buffered.indexOf("\r\n\r\n");
@@ -362,5 +365,34 @@ describe("relay HTTP/1.1 to Jupyter, byte for byte", () => {
     expect(jupyter.seen.connections - before).toBeLessThanOrEqual(MAX_POOLED_CONNECTIONS);
     const slowOnes = jupyter.seen.requests.slice(-n);
     expect(new Set(slowOnes.map((r) => r.connection)).size).toBeLessThanOrEqual(MAX_POOLED_CONNECTIONS);
+  });
+});
+
+describe("relay HTTP/1.1 to Jupyter: the answer timeout", () => {
+  it("limits only the wait for the head: an answer that began before the upload was out is not cut", async () => {
+    const jupyter = await startScriptedJupyter();
+    const cp = await startControlPlane({ responseTimeoutMs: 200 });
+    const tunnel = await startAgentTunnel(cp, jupyter);
+    try {
+      const body = await new Promise<string>((resolve, reject) => {
+        const req = request(
+          { host: "127.0.0.1", port: cp.port, path: `${BASE}answer-while-uploading`, method: "POST", headers: { ...COOKIE, "Content-Length": "6" }, agent: false },
+          (res) => {
+            let text = "";
+            res.on("data", (d: Buffer) => (text += d.toString()));
+            res.on("end", () => resolve(text));
+            res.on("error", reject);
+          },
+        );
+        req.on("error", reject);
+        req.write("up");
+        setTimeout(() => req.end("load"), 100);
+      });
+      expect(body).toBe("first-last");
+    } finally {
+      await tunnel.close();
+      await cp.close();
+      jupyter.server.close();
+    }
   });
 });

@@ -85,6 +85,8 @@ export class JupyterConnection {
   private switched: { statusMessage: string; rawHeaders: string[] } | undefined;
   private paused = false;
   private closed = false;
+  /** Set from `send` until Jupyter's final (or 101) head arrives; the answer timeout runs meanwhile. */
+  private awaitingHead = false;
   private answerTimer: NodeJS.Timeout | undefined;
   /** The answer is complete: back to the pool once the bytes that carried it are all parsed. */
   private reusable = false;
@@ -133,11 +135,12 @@ export class JupyterConnection {
   send(exchange: JupyterExchange, request: UpstreamRequest, body: NodeJS.ReadableStream, answerTimeoutMs: number): void {
     this.exchange = exchange;
     this.requestSent = false;
+    this.awaitingHead = true;
     this.stream.setTimeout(0);
     this.stream.write(request.head);
     const done = (): void => {
       this.requestSent = true;
-      if (this.exchange !== exchange) return;
+      if (this.exchange !== exchange || !this.awaitingHead) return; // answered before the body was out
       this.answerTimer = setTimeout(() => this.abort(new ResponseTimeoutError(answerTimeoutMs)), answerTimeoutMs);
     };
     const framing = request.body;
@@ -218,7 +221,10 @@ export class JupyterConnection {
     this.headerParts = [];
     const exchange = this.exchange;
     if (!exchange) return SKIP_BODY;
-    if (status >= 200 || status === 101) clearTimeout(this.answerTimer);
+    if (status >= 200 || status === 101) {
+      this.awaitingHead = false;
+      clearTimeout(this.answerTimer);
+    }
     if (status === 101) {
       if (!exchange.upgraded || !upgrade) {
         this.abort(new MalformedResponseError("HPE_UNEXPECTED_101"));
