@@ -11,17 +11,26 @@
 // (order reversed every other round) and reports each target's median round: drift of the
 // machine hits all three alike. Besides rates and latencies it prints the proxies' own CPU time
 // and event-loop context switches per request (from /proc), the steadier figures.
+//
+// BENCH_PIN=1 shapes the run as deployed, on two CPUs: CPU 0 is the control plane's machine (the
+// control plane, CHP, the first pipe, and the renters' load, which every target shares alike) and
+// CPU 1 the provider's (Jupyter's container, the agent, the second pipe). Without it every process
+// may run on any CPU, so the agent competes with the proxy for the same two cores.
 // Run: ./scripts/bench.sh   (BENCH_ROUNDS=5 rounds of BENCH_SECONDS=2 s, BENCH_WARMUP_SECONDS=1)
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { chownSync, chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
-import { tmpdir } from "node:os";
+import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 1);
+const PIN = process.env.BENCH_PIN === "1";
+/** BENCH_PIN's CPUs: the control plane's machine and the provider's. */
+const CP_CPU = "0";
+const PROVIDER_CPU = "1";
 const root = new URL("..", import.meta.url).pathname;
 const children = [];
 const cleanups = [];
@@ -126,6 +135,7 @@ async function measureScenario(targets, scenario) {
       cpuSplit: target.pids.map((_, i) => median(rs.map((x) => x.cpuSplit[i]))),
       switchesPerReq: of("switchesPerReq"),
       roundsRps: rs.map((x) => Math.round(x.rps)),
+      roundRates: rs.map((x) => x.rps),
     };
   }
   return row;
@@ -144,12 +154,14 @@ async function waitHttp(port, path, headers, timeoutMs) {
   throw new Error(`nothing answered 200 on 127.0.0.1:${port}${path}`);
 }
 
-function spawnChild(cmd, args, env = {}) {
+function spawnChild(cmd, args, env = {}, cpu = CP_CPU) {
   // BENCH_PROFILE=<dir>: CPU profiles of the relay's processes (control plane and agent).
   const relayProcess = cmd === "node" && /(runit-control-plane\.js|relay-agent\.mjs)$/.test(args[0]);
   if (process.env.BENCH_PROFILE && relayProcess) args = [`--cpu-prof`, `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, ...args];
   // BENCH_TRACE_GC=1: count the relay processes' garbage collections (printed at the end).
   if (process.env.BENCH_TRACE_GC && relayProcess) args = ["--trace-gc", ...args];
+  // taskset execs the command, so the child's pid is the pinned process's own.
+  if (PIN) [cmd, args] = ["taskset", ["-c", cpu, cmd, ...args]];
   const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "inherit"] });
   children.push(child);
   let out = "";
@@ -179,7 +191,7 @@ async function startJupyter(sessionId, token) {
     "run", "--rm", "-i", "--name", name, "--read-only",
     "--tmpfs", "/tmp:rw,noexec,nosuid,size=64m", "--tmpfs", "/home/jupyteruser:rw,nosuid,size=64m,uid=1000,gid=1000,mode=0700",
     "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "1000:1000",
-    "-p", "127.0.0.1::8888", "-v", `${workspace}:/workspace`, "runit-jupyter:latest",
+    "-p", "127.0.0.1::8888", "-v", `${workspace}:/workspace`, ...(PIN ? ["--cpuset-cpus", PROVIDER_CPU] : []), "runit-jupyter:latest",
   ], { stdio: ["pipe", "ignore", "ignore"] });
   docker.stdin.end(`${JSON.stringify({ token, baseUrl: `/s/${sessionId}/`, allowOrigin: "" })}\n`);
   cleanups.push(() => {
@@ -199,13 +211,18 @@ async function startJupyter(sessionId, token) {
     }
   }
   if (!port) throw new Error("the Jupyter container published no port");
+  if (PIN) {
+    // Docker's userland proxy carries the published port: it is the provider's too.
+    const proxies = execFileSync("pgrep", ["-f", `docker-proxy .*-host-port ${port}( |$)`]).toString().trim().split("\n");
+    for (const pid of proxies) execFileSync("taskset", ["-a", "-pc", PROVIDER_CPU, pid], { stdio: "ignore" });
+  }
   await waitHttp(port, `/s/${sessionId}/api/status`, { Authorization: `token ${token}` }, 60_000);
   return port;
 }
 
 /** Starts one of bench/'s servers (it prints "listening on <port>"); its process and port. */
-async function startBenchServer(script, env) {
-  const server = spawnChild("node", [join(root, "bench", script)], env);
+async function startBenchServer(script, env, cpu) {
+  const server = spawnChild("node", [join(root, "bench", script)], env, cpu);
   return { pid: server.child.pid, port: Number((await waitOutput(server, /listening on (\d+)/, 10_000))[1]) };
 }
 
@@ -214,7 +231,7 @@ async function main() {
   const jupyterToken = randomBytes(24).toString("hex");
   const plain = process.env.BENCH_TARGET === "plain";
   const jupyterPort = plain
-    ? (await startBenchServer("plain-target.mjs", { BENCH_BASE: `/s/${sessionId}/` })).port
+    ? (await startBenchServer("plain-target.mjs", { BENCH_BASE: `/s/${sessionId}/` }, PROVIDER_CPU)).port
     : await startJupyter(sessionId, jupyterToken);
   const base = `/s/${sessionId}/`;
   const jupyterAuth = { Authorization: `token ${jupyterToken}` };
@@ -244,7 +261,7 @@ async function main() {
   const agent = spawnChild("node", [join(root, "bench/relay-agent.mjs")], {
     BENCH_SERVER_URL: `http://127.0.0.1:${cpPort}`, BENCH_SESSION_ID: sessionId, BENCH_SESSION_SECRET: sessionSecret,
     BENCH_JUPYTER_PORT: String(jupyterPort), BENCH_JUPYTER_TOKEN: jupyterToken,
-  });
+  }, PROVIDER_CPU);
   await waitOutput(agent, /relay tunnel connected/, 20_000);
   const connect = await call(cpPort, "POST", `/renter/sessions/${sessionId}/connect`);
   if (connect.status !== 201) throw new Error(`connect: ${connect.status} ${connect.body}`);
@@ -260,8 +277,8 @@ async function main() {
   await waitHttp(chpPort, `${base}api/status`, jupyterAuth, 20_000);
 
   // Two bare TCP pipes in a chain: renter → pipe 1 → pipe 2 → Jupyter.
-  const pipe2 = await startBenchServer("tcp-pipe.mjs", { BENCH_PIPE_TO: String(jupyterPort) });
-  const pipe1 = await startBenchServer("tcp-pipe.mjs", { BENCH_PIPE_TO: String(pipe2.port) });
+  const pipe2 = await startBenchServer("tcp-pipe.mjs", { BENCH_PIPE_TO: String(jupyterPort) }, PROVIDER_CPU);
+  const pipe1 = await startBenchServer("tcp-pipe.mjs", { BENCH_PIPE_TO: String(pipe2.port) }, CP_CPU);
 
   const targets = [
     { name: "direct", port: jupyterPort, headers: jupyterAuth, pids: [], parts: [] },
@@ -285,10 +302,15 @@ async function main() {
       ? `  proxy CPU ${(r.cpuMsPerReq * 1000).toFixed(0).padStart(5)} µs/req, ${r.switchesPerReq.toFixed(1)} switches/req` +
         (r.cpuSplit.length > 1 ? ` (${target.parts.map((part, i) => `${part} ${(r.cpuSplit[i] * 1000).toFixed(0)}`).join(" + ")})` : "")
       : "";
+  if (PIN) {
+    if (availableParallelism() < 2) throw new Error("BENCH_PIN=1 needs two CPUs");
+    execFileSync("taskset", ["-a", "-pc", CP_CPU, String(process.pid)], { stdio: "ignore" }); // the renters' load
+  }
   const targetName = plain ? "a plain Node HTTP server (BENCH_TARGET=plain)" : "Jupyter in runit-jupyter";
   console.log(
     `relay benchmark: node ${process.version}, target ${targetName}, all on 127.0.0.1; a warm-up pass of every scenario (${2 * WARMUP_SECONDS} s per target), then per scenario ` +
-      `${WARMUP_SECONDS} s warm-up per target and ${ROUNDS} interleaved rounds of ${SECONDS} s, medians`,
+      `${WARMUP_SECONDS} s warm-up per target and ${ROUNDS} interleaved rounds of ${SECONDS} s, medians` +
+      (PIN ? `; BENCH_PIN: control plane, CHP, pipe 1 and the load on CPU ${CP_CPU}, Jupyter, agent and pipe 2 on CPU ${PROVIDER_CPU}` : ""),
   );
   // One pass through every scenario first: each process has then run every code path it will be
   // measured on (a fresh relay kept speeding up for ~10 s of the first scenario otherwise).
@@ -307,6 +329,11 @@ async function main() {
         `relay/chp p50 latency ${(row.relay.p50 / row.chp.p50).toFixed(2)}, relay/chp proxy CPU per request ${(row.relay.cpuMsPerReq / row.chp.cpuMsPerReq).toFixed(2)}; ` +
         `two bare pipes/chp throughput ${(row.pipes.rps / row.chp.rps).toFixed(2)}, relay/two bare pipes CPU per request ${(row.relay.cpuMsPerReq / row.pipes.cpuMsPerReq).toFixed(2)}`,
     );
+    // Relay and CHP measured in the same round, seconds apart: the per-round ratio cancels the drift of
+    // the machine between rounds, which the ratio of the two medians does not.
+    const paired = row.relay.roundRates.map((rate, i) => rate / row.chp.roundRates[i]);
+    row.pairedRelayChp = median(paired);
+    console.log(`  relay/chp throughput round by round: ${paired.map((x) => x.toFixed(2)).join(", ")} (median ${row.pairedRelayChp.toFixed(2)})`);
   }
   const verdict = results.every((r) => r.relay.rps >= r.chp.rps * 0.95) ? "MET" : "NOT MET";
   console.log(`\ntarget (relay's two hops at least match CHP's one, median throughput within 5%, every scenario): ${verdict}`);
@@ -317,7 +344,7 @@ async function main() {
       console.log(`gc ${name}: ${(out.match(/Mark-Compact/g) ?? []).length} mark-compacts, ${(out.match(/Scavenge/g) ?? []).length} scavenges`);
     }
   }
-  console.log(`JSON ${JSON.stringify(results.map((r) => ({ scenario: r.scenario, ...Object.fromEntries(targets.map((t) => [t.name, { rps: +r[t.name].rps.toFixed(1), mibps: +r[t.name].mibps.toFixed(2), p50: +r[t.name].p50.toFixed(3), p99: +r[t.name].p99.toFixed(3), cpuUsPerReq: Math.round(r[t.name].cpuMsPerReq * 1000), switchesPerReq: +r[t.name].switchesPerReq.toFixed(1), roundsRps: r[t.name].roundsRps }])) })))}`);
+  console.log(`JSON ${JSON.stringify(results.map((r) => ({ scenario: r.scenario, pairedRelayChp: +r.pairedRelayChp.toFixed(3), ...Object.fromEntries(targets.map((t) => [t.name, { rps: +r[t.name].rps.toFixed(1), mibps: +r[t.name].mibps.toFixed(2), p50: +r[t.name].p50.toFixed(3), p99: +r[t.name].p99.toFixed(3), cpuUsPerReq: Math.round(r[t.name].cpuMsPerReq * 1000), switchesPerReq: +r[t.name].switchesPerReq.toFixed(1), roundsRps: r[t.name].roundsRps }])) })))}`);
 }
 
 try {
