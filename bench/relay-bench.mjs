@@ -71,6 +71,31 @@ function cpuMs(pid) {
   return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
+/**
+ * The rest of the machine's CPU time a request costs, besides the proxy's own: the upstream
+ * (Jupyter's container, or the plain server), Docker's userland proxy in front of its port, and
+ * this process, the renters' load. Filled in by main(); each reader returns CPU ms so far.
+ */
+const machineParts = [];
+
+/** CPU ms a container has used so far (cgroup v1 or v2 accounting), or undefined if not found. */
+function containerCpuReader(id) {
+  const v1 = `/sys/fs/cgroup/cpuacct/docker/${id}/cpuacct.usage`;
+  const v2 = [`/sys/fs/cgroup/system.slice/docker-${id}.scope/cpu.stat`, `/sys/fs/cgroup/docker/${id}/cpu.stat`];
+  const tryRead = (read) => {
+    try {
+      read();
+      return read;
+    } catch {
+      return undefined;
+    }
+  };
+  return (
+    tryRead(() => Number(readFileSync(v1, "utf8")) / 1e6) ??
+    v2.map((path) => tryRead(() => Number(/usage_usec (\d+)/.exec(readFileSync(path, "utf8"))[1]) / 1000)).find(Boolean)
+  );
+}
+
 /** Context switches of a process's main thread (the event loop) so far, from /proc (Linux). */
 function switches(pid) {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
@@ -94,6 +119,7 @@ async function measure(target, path, concurrency, seconds = SECONDS) {
     }
   };
   const cpuBefore = target.pids.map(cpuMs);
+  const machineBefore = machineParts.map((part) => part.read());
   const switchesBefore = target.pids.map(switches);
   const t0 = performance.now();
   await Promise.all(Array.from({ length: concurrency }, worker));
@@ -101,12 +127,13 @@ async function measure(target, path, concurrency, seconds = SECONDS) {
   // CPU per request of the proxy's own processes: robust on a busy machine, where wall-clock
   // figures swing with whatever else runs.
   const cpuSplit = target.pids.map((pid, i) => (cpuMs(pid) - cpuBefore[i]) / Math.max(1, latencies.length));
+  const machineSplit = machineParts.map((part, i) => (part.read() - machineBefore[i]) / Math.max(1, latencies.length));
   const cpuPerReq = cpuSplit.reduce((sum, ms) => sum + ms, 0);
   const switchesPerReq = target.pids.reduce((sum, pid, i) => sum + (switches(pid) - switchesBefore[i]), 0) / Math.max(1, latencies.length);
   agent.destroy();
   latencies.sort((a, b) => a - b);
   const pct = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
-  return { requests: latencies.length, rps: latencies.length / elapsed, mibps: bytes / elapsed / 1048576, p50: pct(0.5), p99: pct(0.99), cpuMsPerReq: cpuPerReq, cpuSplit, switchesPerReq };
+  return { requests: latencies.length, rps: latencies.length / elapsed, mibps: bytes / elapsed / 1048576, p50: pct(0.5), p99: pct(0.99), cpuMsPerReq: cpuPerReq, cpuSplit, machineSplit, switchesPerReq };
 }
 
 function median(values) {
@@ -133,6 +160,7 @@ async function measureScenario(targets, scenario) {
       p99: of("p99"),
       cpuMsPerReq: of("cpuMsPerReq"),
       cpuSplit: target.pids.map((_, i) => median(rs.map((x) => x.cpuSplit[i]))),
+      machineSplit: machineParts.map((_, i) => median(rs.map((x) => x.machineSplit[i]))),
       switchesPerReq: of("switchesPerReq"),
       roundsRps: rs.map((x) => Math.round(x.rps)),
       roundRates: rs.map((x) => x.rps),
@@ -211,11 +239,18 @@ async function startJupyter(sessionId, token) {
     }
   }
   if (!port) throw new Error("the Jupyter container published no port");
-  if (PIN) {
-    // Docker's userland proxy carries the published port: it is the provider's too.
-    const proxies = execFileSync("pgrep", ["-f", `docker-proxy .*-host-port ${port}( |$)`]).toString().trim().split("\n");
-    for (const pid of proxies) execFileSync("taskset", ["-a", "-pc", PROVIDER_CPU, pid], { stdio: "ignore" });
+  const containerCpu = containerCpuReader(execFileSync("docker", ["inspect", "-f", "{{.Id}}", name]).toString().trim());
+  if (containerCpu) machineParts.push({ name: "Jupyter", read: containerCpu });
+  // Docker's userland proxy carries the published port (for every target alike).
+  let proxies = [];
+  try {
+    proxies = execFileSync("pgrep", ["-f", `docker-proxy .*-host-port ${port}( |$)`]).toString().trim().split("\n").map(Number);
+  } catch {
+    // no userland proxy: the port is published by iptables alone
   }
+  if (proxies.length > 0) machineParts.push({ name: "docker-proxy", read: () => proxies.reduce((sum, pid) => sum + cpuMs(pid), 0) });
+  // BENCH_PIN: the userland proxy is the provider's too.
+  if (PIN) for (const pid of proxies) execFileSync("taskset", ["-a", "-pc", PROVIDER_CPU, String(pid)], { stdio: "ignore" });
   await waitHttp(port, `/s/${sessionId}/api/status`, { Authorization: `token ${token}` }, 60_000);
   return port;
 }
@@ -230,9 +265,18 @@ async function main() {
   const sessionId = randomUUID();
   const jupyterToken = randomBytes(24).toString("hex");
   const plain = process.env.BENCH_TARGET === "plain";
-  const jupyterPort = plain
-    ? (await startBenchServer("plain-target.mjs", { BENCH_BASE: `/s/${sessionId}/` }, PROVIDER_CPU)).port
-    : await startJupyter(sessionId, jupyterToken);
+  let jupyterPort;
+  if (plain) {
+    const server = await startBenchServer("plain-target.mjs", { BENCH_BASE: `/s/${sessionId}/` }, PROVIDER_CPU);
+    machineParts.push({ name: "plain server", read: () => cpuMs(server.pid) });
+    jupyterPort = server.port;
+  } else {
+    jupyterPort = await startJupyter(sessionId, jupyterToken);
+  }
+  machineParts.push({ name: "load", read: () => {
+    const { user, system } = process.cpuUsage();
+    return (user + system) / 1000;
+  } });
   const base = `/s/${sessionId}/`;
   const jupyterAuth = { Authorization: `token ${jupyterToken}` };
 
@@ -324,6 +368,16 @@ async function main() {
       `  rounds ${r.roundsRps.join(",")}`;
     console.log(`\n${scenario.name}`);
     for (const target of targets) console.log(`  ${target.name.padEnd(7)}${fmt(target, row[target.name])}`);
+    // The whole machine's CPU per request, and the rate two CPUs could sustain at that cost: where
+    // the CPUs are the limit (bulk bodies at c=4), a second process's cost is rate lost.
+    const machineMs = (r) => r.cpuMsPerReq + r.machineSplit.reduce((sum, ms) => sum + ms, 0);
+    const cpus = availableParallelism();
+    for (const target of targets) {
+      const r = row[target.name];
+      const parts = [...machineParts.map((part, i) => `${part.name} ${(r.machineSplit[i] * 1000).toFixed(0)}`), ...(r.cpuMsPerReq > 0 ? [`proxy ${(r.cpuMsPerReq * 1000).toFixed(0)}`] : [])];
+      r.machineUsPerReq = machineMs(r) * 1000;
+      console.log(`  ${target.name.padEnd(7)}machine CPU ${r.machineUsPerReq.toFixed(0).padStart(5)} µs/req (${parts.join(" + ")}), ${cpus} CPUs at that cost: ${((cpus * 1000) / machineMs(r)).toFixed(0)} req/s`);
+    }
     console.log(
       `  ratios: relay/chp throughput ${(row.relay.rps / row.chp.rps).toFixed(2)}, relay/direct throughput ${(row.relay.rps / row.direct.rps).toFixed(2)}, ` +
         `relay/chp p50 latency ${(row.relay.p50 / row.chp.p50).toFixed(2)}, relay/chp proxy CPU per request ${(row.relay.cpuMsPerReq / row.chp.cpuMsPerReq).toFixed(2)}; ` +
@@ -344,7 +398,7 @@ async function main() {
       console.log(`gc ${name}: ${(out.match(/Mark-Compact/g) ?? []).length} mark-compacts, ${(out.match(/Scavenge/g) ?? []).length} scavenges`);
     }
   }
-  console.log(`JSON ${JSON.stringify(results.map((r) => ({ scenario: r.scenario, pairedRelayChp: +r.pairedRelayChp.toFixed(3), ...Object.fromEntries(targets.map((t) => [t.name, { rps: +r[t.name].rps.toFixed(1), mibps: +r[t.name].mibps.toFixed(2), p50: +r[t.name].p50.toFixed(3), p99: +r[t.name].p99.toFixed(3), cpuUsPerReq: Math.round(r[t.name].cpuMsPerReq * 1000), switchesPerReq: +r[t.name].switchesPerReq.toFixed(1), roundsRps: r[t.name].roundsRps }])) })))}`);
+  console.log(`JSON ${JSON.stringify(results.map((r) => ({ scenario: r.scenario, pairedRelayChp: +r.pairedRelayChp.toFixed(3), machineUsPerReq: Object.fromEntries(targets.map((t) => [t.name, Math.round(r[t.name].machineUsPerReq)])), ...Object.fromEntries(targets.map((t) => [t.name, { rps: +r[t.name].rps.toFixed(1), mibps: +r[t.name].mibps.toFixed(2), p50: +r[t.name].p50.toFixed(3), p99: +r[t.name].p99.toFixed(3), cpuUsPerReq: Math.round(r[t.name].cpuMsPerReq * 1000), switchesPerReq: +r[t.name].switchesPerReq.toFixed(1), roundsRps: r[t.name].roundsRps }])) })))}`);
 }
 
 try {
