@@ -1,7 +1,7 @@
 // The relay's tunnel core with real sockets: the control plane's relay plugin in Express, the
 // agent's relay tunnel, and a local HTTP + WebSocket server standing in for Jupyter.
 import { createHash } from "node:crypto";
-import { request } from "node:http";
+import { Agent, request } from "node:http";
 import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
@@ -232,5 +232,69 @@ describe("relay: Jupyter that does not answer", () => {
     expect(refused.status).toBe(504);
     expect(JSON.parse(refused.body)).toEqual({ error: "Jupyter did not answer in time", code: "UPSTREAM_TIMEOUT" });
     await waitFor(() => target.hangsClosed === before + 1, 2000, "the hung upgrade to close");
+  });
+});
+
+describe("relay: an upload cut by a tunnel drop", () => {
+  let cp: ControlPlane;
+  let tunnel: RelayTunnel;
+  let stack: CoreStack | undefined;
+
+  beforeAll(async () => void ({ cp, tunnel } = stack = await startCoreStack()));
+  afterAll(() => stack?.close());
+
+  it("answers 502, reads the rest of the renter's upload, and keeps the renter's connection usable; the same for an upload Jupyter refuses", async () => {
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const errors: string[] = [];
+    const send = (method: string, path: string, body?: Buffer) => {
+      let sent = false;
+      const req = request({ host: "127.0.0.1", port: cp.port, path, method, headers: COOKIE, agent });
+      const answer = new Promise<{ status: number; body: string }>((resolve) => {
+        req.on("response", (res) => {
+          let text = "";
+          res.on("data", (c: Buffer) => (text += c.toString()));
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, body: text }));
+        });
+      });
+      req.on("error", (err) => errors.push(err.message));
+      req.end(body, () => (sent = true));
+      return { req, answer, sent: () => sent };
+    };
+    try {
+      // 64 MiB to a Jupyter that never reads: the upload stalls on backpressure long before its end.
+      const upload = send("POST", `${BASE}hang`, Buffer.alloc(64 * MB));
+      await waitFor(() => cp.relay.stats().streams === 1, 2000, "the upload to reach the agent");
+      await new Promise((r) => setTimeout(r, 300));
+      expect(upload.sent()).toBe(false); // stalled, not finished
+      cp.sessions.refuseTunnels = true;
+      tunnel.dropConnection();
+      const res = await upload.answer;
+      expect(res.status).toBe(502);
+      expect(JSON.parse(res.body)).toMatchObject({ code: "TUNNEL_UNAVAILABLE" });
+      // What is left of the body is read and discarded (Node's server dumps a request body nobody
+      // reads once the answer is out), so the connection carries the renter's next request.
+      await waitFor(() => upload.sent(), 5000, "the rest of the upload to be read");
+      const next = send("GET", `${BASE}api/status`);
+      expect((await next.answer).status).toBe(502); // the tunnel is still refused
+      expect(next.req.reusedSocket).toBe(true);
+      expect(errors).toEqual([]);
+
+      // The same when Jupyter refuses an upload at once without reading it and closes. The renter
+      // gets Jupyter's 413, or a 502 when the agent's write of the upload meets the closed
+      // connection before it has read the 413 (EPIPE: the race every HTTP client has there).
+      cp.sessions.refuseTunnels = false;
+      await tunnel.waitConnected(5000);
+      const refused = send("POST", `${BASE}refuse-upload`, Buffer.alloc(64 * MB));
+      const answer = await refused.answer;
+      if (answer.status === 502) expect(JSON.parse(answer.body)).toMatchObject({ code: "TUNNEL_UNAVAILABLE" });
+      else expect(answer).toEqual({ status: 413, body: "too large" });
+      await waitFor(() => refused.sent(), 5000, "the rest of the refused upload to be read");
+      const after = send("GET", `${BASE}api/status`);
+      expect(await after.answer).toEqual({ status: 200, body: '{"ok":true}' });
+      expect(after.req.reusedSocket).toBe(true);
+      expect(errors).toEqual([]);
+    } finally {
+      agent.destroy();
+    }
   });
 });

@@ -105,6 +105,8 @@ export async function startTarget(): Promise<Target> {
     if (path === "/hang") return void req.socket.once("close", () => target.hangsClosed++); // never answers
     if (path === "/slow") return void setTimeout(() => res.writeHead(200).end("slow"), Number(url.searchParams.get("ms")));
     if (path === "/hang-body") return void res.writeHead(200).write("started");
+    // Refuses an upload at once, unread, and closes the connection (as a server that will not take it).
+    if (path === "/refuse-upload") return void res.writeHead(413, { Connection: "close" }).end("too large");
     res.writeHead(404).end("no such path");
   });
   const wss = new WebSocketServer({ noServer: true });

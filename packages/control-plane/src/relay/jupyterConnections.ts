@@ -147,14 +147,21 @@ export class JupyterConnection {
     if (framing === "none") return done();
     const stream = this.stream;
     body.on("data", (chunk: Buffer) => {
-      if (chunk.length === 0 || this.exchange !== exchange) return;
+      if (chunk.length === 0 || this.exchange !== exchange) return; // discarded: the exchange is over
       if (framing === "chunked") {
         stream.write(`${chunk.length.toString(16)}\r\n`);
         stream.write(chunk);
       }
       if (!stream.write(framing === "chunked" ? "\r\n" : chunk)) {
         body.pause();
-        stream.once("drain", () => body.resume());
+        // Resumed on 'drain', or when the connection closes (the exchange failed or was answered
+        // early): the rest of the body is then discarded here, so the renter's upload completes and
+        // its keep-alive connection carries the next request instead of stalling mid-upload.
+        const resume = (): void => {
+          stream.off("drain", resume).off("close", resume);
+          body.resume();
+        };
+        stream.on("drain", resume).on("close", resume);
       }
     });
     body.on("end", () => {
