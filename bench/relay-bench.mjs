@@ -19,7 +19,7 @@
 // Run: ./scripts/bench.sh   (BENCH_ROUNDS=5 rounds of BENCH_SECONDS=2 s, BENCH_WARMUP_SECONDS=1)
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
-import { chownSync, chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chownSync, chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -80,20 +80,14 @@ const machineParts = [];
 
 /** CPU ms a container has used so far (cgroup v1 or v2 accounting), or undefined if not found. */
 function containerCpuReader(id) {
-  const v1 = `/sys/fs/cgroup/cpuacct/docker/${id}/cpuacct.usage`;
-  const v2 = [`/sys/fs/cgroup/system.slice/docker-${id}.scope/cpu.stat`, `/sys/fs/cgroup/docker/${id}/cpu.stat`];
-  const tryRead = (read) => {
-    try {
-      read();
-      return read;
-    } catch {
-      return undefined;
-    }
-  };
-  return (
-    tryRead(() => Number(readFileSync(v1, "utf8")) / 1e6) ??
-    v2.map((path) => tryRead(() => Number(/usage_usec (\d+)/.exec(readFileSync(path, "utf8"))[1]) / 1000)).find(Boolean)
-  );
+  const usecOf = (text) => Number(/usage_usec (\d+)/.exec(text)?.[1]) / 1000;
+  const sources = [
+    { path: `/sys/fs/cgroup/cpuacct/docker/${id}/cpuacct.usage`, ms: (text) => Number(text) / 1e6 },
+    { path: `/sys/fs/cgroup/system.slice/docker-${id}.scope/cpu.stat`, ms: usecOf },
+    { path: `/sys/fs/cgroup/docker/${id}/cpu.stat`, ms: usecOf },
+  ];
+  const found = sources.find(({ path }) => existsSync(path));
+  return found && (() => found.ms(readFileSync(found.path, "utf8")));
 }
 
 /** Context switches of a process's main thread (the event loop) so far, from /proc (Linux). */

@@ -66,8 +66,9 @@ describe("per-session origins in a real browser", () => {
       },
       { url: `/s/${id}/api/contents/e2e.ipynb`, body: JSON.stringify(printNotebook()) },
     );
-    // This PUT failed once in CI with "TypeError: Failed to fetch" (not reproduced since): should
-    // it fail again, the message names Chromium's network error and what the stack last printed.
+    // This PUT failed twice in CI with "TypeError: Failed to fetch", net::ERR_NETWORK_CHANGED
+    // (other tests' Docker networks; the Chromium tests now run last): should it fail again, the
+    // message names Chromium's network error and what the stack last printed.
     expect(put, `failed requests: ${failed.join("; ") || "none"}\nlast output:\n${stack.out.slice(-30).join("")}`).toBe(201);
     expect(await runNotebookCell(tab, `${sessionOrigin}/s/${id}/notebooks/e2e.ipynb`)).toBe("42");
     await tab.screenshot({ path: join(ARTIFACTS, "jupyter-own-origin.png") });
