@@ -2,7 +2,7 @@
 // agent's relay tunnel, and a local HTTP + WebSocket server standing in for Jupyter.
 import { createHash } from "node:crypto";
 import { Agent, request } from "node:http";
-import { connect } from "node:net";
+import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
 import {
@@ -11,7 +11,10 @@ import {
   JUPYTER_TOKEN,
   fetchRaw,
   patternSha256,
+  startAgentTunnel,
+  startControlPlane,
   startCoreStack,
+  startTarget,
   waitFor,
   type ControlPlane,
   type CoreStack,
@@ -296,5 +299,70 @@ describe("relay: an upload cut by a tunnel drop", () => {
     } finally {
       agent.destroy();
     }
+  });
+});
+
+/**
+ * A slow network between the agent and the control plane: a TCP forwarder that carries the
+ * agent's bytes in bursts (reading for 20 ms, then not for 20 ms), so the agent's tunnel socket
+ * fills up and holds bytes the agent has written but the kernel has not taken yet.
+ */
+async function startSlowLink(toPort: number): Promise<{ url: string; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((fromAgent) => {
+    const toCp = connect(toPort, "127.0.0.1");
+    for (const s of [fromAgent, toCp]) {
+      sockets.add(s);
+      s.on("error", () => undefined);
+      s.on("close", () => sockets.delete(s));
+    }
+    fromAgent.pipe(toCp);
+    toCp.pipe(fromAgent);
+    const timer = setInterval(() => {
+      fromAgent.pause();
+      setTimeout(() => fromAgent.resume(), 20);
+    }, 40);
+    fromAgent.on("close", () => clearInterval(timer));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+describe("relay: parallel downloads over a slow link to the agent", () => {
+  let cp: ControlPlane;
+  const closers: Array<() => Promise<void>> = [];
+
+  beforeAll(async () => {
+    const target = await startTarget();
+    closers.unshift(() => target.close());
+    cp = await startControlPlane();
+    closers.unshift(() => cp.close());
+    const link = await startSlowLink(cp.port);
+    closers.unshift(() => link.close());
+    const tunnel = await startAgentTunnel({ ...cp, url: link.url }, target);
+    closers.unshift(() => tunnel.close());
+  });
+  afterAll(async () => {
+    for (const close of closers) await close();
+  });
+
+  it("streams eight parallel 8 MiB downloads of different bytes, each intact", async () => {
+    // The agent reads Jupyter's next bytes while earlier ones still wait in its tunnel socket: one
+    // connection's reads must not overwrite the bytes another's are waiting to send.
+    const blocks = 128; // 128 × 64 KiB = 8 MiB; download k starts at block 1000 × k
+    const results = await Promise.all(
+      [0, 1, 2, 3, 4, 5, 6, 7].map((k) => fetchRaw(cp.port, `${BASE}big?blocks=${blocks}&first=${k * 1000}`, { headers: COOKIE })),
+    );
+    results.forEach((res, k) => {
+      expect(res.status).toBe(200);
+      expect(res.body.length).toBe(blocks * 64 * 1024);
+      expect(createHash("sha256").update(res.body).digest("hex"), `download ${k}`).toBe(patternSha256(blocks, k * 1000));
+    });
   });
 });

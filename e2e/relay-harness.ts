@@ -21,10 +21,10 @@ export function patternBlock(i: number): Buffer {
   return Buffer.alloc(64 * 1024, (i * 7 + 13) & 0xff);
 }
 
-/** sha256 of `blocks` pattern blocks. */
-export function patternSha256(blocks: number): string {
+/** sha256 of `blocks` pattern blocks, from block `first` on. */
+export function patternSha256(blocks: number, first = 0): string {
   const hash = createHash("sha256");
-  for (let i = 0; i < blocks; i++) hash.update(patternBlock(i));
+  for (let i = first; i < first + blocks; i++) hash.update(patternBlock(i));
   return hash.digest("hex");
 }
 
@@ -94,7 +94,9 @@ export async function startTarget(): Promise<Target> {
     const url = new URL(req.url ?? "/", "http://x");
     const path = url.pathname.slice(BASE.length - 1);
     if (path === "/api/status") return void res.writeHead(200, { "Content-Type": "application/json" }).end('{"ok":true}');
-    if (path === "/big") return streamPattern(res, Number(url.searchParams.get("blocks")), target);
+    if (path === "/big") {
+      return streamPattern(res, Number(url.searchParams.get("blocks")), Number(url.searchParams.get("first") ?? 0), target);
+    }
     if (path === "/upload") {
       const hash = createHash("sha256");
       let length = 0;
@@ -133,12 +135,13 @@ export async function startTarget(): Promise<Target> {
   return target;
 }
 
-function streamPattern(res: import("node:http").ServerResponse, blocks: number, target: Target): void {
+/** Answers `blocks` pattern blocks, from block `first` on (so that parallel downloads differ). */
+function streamPattern(res: import("node:http").ServerResponse, blocks: number, first: number, target: Target): void {
   target.bigWritten = 0;
   res.writeHead(200, { "Content-Type": "application/octet-stream", "Content-Length": String(blocks * 64 * 1024) });
-  let i = 0;
+  let i = first;
   const pump = (): void => {
-    while (i < blocks) {
+    while (i < first + blocks) {
       const block = patternBlock(i++);
       const more = res.write(block, () => (target.bigWritten += block.length));
       if (!more) return void res.once("drain", pump);

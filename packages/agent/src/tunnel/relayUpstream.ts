@@ -26,8 +26,6 @@ export interface UpstreamCounters {
 export class RelayUpstream {
   readonly counters: UpstreamCounters = { rxBytes: 0, txBytes: 0, lastActivity: 0 };
   private readonly sockets = new Set<Socket>();
-  /** Jupyter's bytes are read into this buffer (see `readBuffer`). */
-  private shared = Buffer.allocUnsafe(MAX_DATA_FRAME_PAYLOAD);
   private tunnelSocket: { writableLength: number } | undefined;
 
   constructor(private readonly target: UpstreamTarget) {}
@@ -45,12 +43,13 @@ export class RelayUpstream {
     this.counters.lastActivity = Date.now();
     this.tunnelSocket = link.socket;
     let paused = false;
+    let readInto: Buffer | undefined;
     const socket: Socket = connect({
       host: "127.0.0.1",
       port: this.target.port,
       noDelay: true,
       onread: {
-        buffer: () => this.readBuffer(),
+        buffer: () => (readInto = this.readBuffer(readInto)),
         callback: (bytes: number, buffer: Uint8Array) => {
           paused = !this.forward(stream, Buffer.from(buffer.buffer, buffer.byteOffset, bytes));
           return !paused;
@@ -87,15 +86,20 @@ export class RelayUpstream {
   }
 
   /**
-   * The buffer Jupyter's next bytes are read into. Reads go straight into one reused buffer
-   * instead of a fresh one per read (Node's default): a relayed MiB then allocates nothing, which
-   * keeps V8 from running a full garbage collection every few MiB for the external memory churn
-   * (measured in bench/). It is reused only once the tunnel socket has handed every byte written
-   * from it to the kernel; otherwise the socket still holds views into it and a new one is taken.
+   * The buffer a connection's next read from Jupyter goes into. Node asks for it right after each
+   * read (and once at connect), and the kernel fills it whenever the next bytes arrive. Reads go
+   * into the connection's previous buffer instead of a fresh one per read (Node's default): a
+   * relayed MiB then allocates nothing, which keeps V8 from running a full garbage collection
+   * every few MiB for the external memory churn (measured in bench/). The previous buffer is kept
+   * only when the tunnel socket has handed every byte written from it to the kernel; otherwise the
+   * socket still holds views into it and a new one is taken. Each connection has buffers of its
+   * own: a buffer shared between connections could be handed to one of them while the tunnel
+   * still held another's unsent views into it, and its next read would overwrite those bytes
+   * (it did, until 2026-12-02, whenever two downloads ran at once over a busy tunnel).
    */
-  private readBuffer(): Buffer {
-    if ((this.tunnelSocket?.writableLength ?? 0) > 0) this.shared = Buffer.allocUnsafe(MAX_DATA_FRAME_PAYLOAD);
-    return this.shared;
+  private readBuffer(previous: Buffer | undefined): Buffer {
+    if (previous && (this.tunnelSocket?.writableLength ?? 0) === 0) return previous;
+    return Buffer.allocUnsafe(MAX_DATA_FRAME_PAYLOAD);
   }
 
   /**
