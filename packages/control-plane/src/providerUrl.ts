@@ -1,4 +1,5 @@
 import ipaddr from "ipaddr.js";
+import { maskSecret } from "@runit/protocol";
 
 /** Why a provider URL was refused (logged with INVALID_PROVIDER_URL; safe to show). */
 export type ProviderUrlRefusal =
@@ -57,4 +58,20 @@ export function validateProviderUrl(raw: string, suffixes: readonly string[]): P
     return { ok: false, reason: "path-query-or-fragment" };
   }
   return { ok: true, url: `https://${host}`, host };
+}
+
+/**
+ * What the security log keeps of a refused provider URL: its scheme and host, never its
+ * credentials, path, query or fragment (a URL like `https://x.trycloudflare.com/?token=…` would
+ * otherwise put a Jupyter token whole in the log and the audit table). Text that does not parse
+ * as a URL is masked like a secret.
+ */
+export function loggableProviderUrl(raw: string): string {
+  try {
+    const url = new URL(raw);
+    const elided = url.username !== "" || url.password !== "" || raw.length > `${url.protocol}//${url.host}/`.length;
+    return `${url.protocol}//${url.host}${elided ? "/…" : ""}`.slice(0, 200);
+  } catch {
+    return maskSecret(raw);
+  }
 }

@@ -13,7 +13,7 @@ import {
 } from "@runit/protocol";
 import type { Clock } from "./clock.js";
 import { parseBody } from "./bodyValidation.js";
-import { validateProviderUrl } from "./providerUrl.js";
+import { loggableProviderUrl, validateProviderUrl } from "./providerUrl.js";
 import { hashSecret, newSecret } from "./secretTokens.js";
 import type { SecurityLog } from "./securityLog.js";
 import { RelayAccess } from "./relayAccess.js";
@@ -76,7 +76,7 @@ export class SessionService extends RelayAccess {
     if (request.tunnel.kind === "cloudflared") {
       const check = validateProviderUrl(request.tunnel.publicUrl, this.suffixes);
       if (!check.ok) {
-        this.securityLog("INVALID_PROVIDER_URL", { ip, reason: check.reason, url: request.tunnel.publicUrl.slice(0, 200) });
+        this.securityLog("INVALID_PROVIDER_URL", { ip, reason: check.reason, url: loggableProviderUrl(request.tunnel.publicUrl) });
         throw new RunitError("INVALID_PROVIDER_URL", `Invalid provider URL (${check.reason})`);
       }
       if (!request.jupyterToken) {

@@ -98,8 +98,20 @@ describe("POST /provider/session with a cloudflared URL", () => {
       expect(reply.status, url).toBe(400);
       expect(reply.json, url).toEqual({ error: `Invalid provider URL (${reason})`, code: "INVALID_PROVIDER_URL" });
     }
+    // Credentials, paths and queries of refused URLs stay out of the log (afterAll also checks
+    // that the remembered token appears nowhere).
+    const leaky = [`https://abc.trycloudflare.com/?token=${jupyterToken}`, `https://${jupyterToken}@abc.trycloudflare.com`];
+    for (const url of leaky) {
+      const reply = await call(server.url, "POST", "/provider/session", {
+        body: registrationBody({ tunnel: { kind: "cloudflared", publicUrl: url }, jupyterToken }),
+        headers: { authorization: `Bearer ${key}` },
+      });
+      expect(reply.status, url).toBe(400);
+    }
     const events = server.events("INVALID_PROVIDER_URL");
-    expect(events.map((e) => e.reason)).toEqual(reachable.map(([, reason]) => reason));
+    expect(events.slice(-2).map((e) => e.url)).toEqual(["https://abc.trycloudflare.com/…", "https://abc.trycloudflare.com/…"]);
+    expect(events.slice(0, -2).map((e) => e.reason)).toEqual(reachable.map(([, reason]) => reason));
+    expect(events.find((e) => e.reason === "userinfo")?.url).toBe("https://abc.trycloudflare.com/…");
     expect(events.every((e) => e.ip === "127.0.0.1")).toBe(true);
     const ok = await call(server.url, "POST", "/provider/session", {
       body: registrationBody({ tunnel: { kind: "cloudflared", publicUrl: ACCEPTED[0]?.[0] }, jupyterToken }),
