@@ -36,7 +36,10 @@ function parseRange(cidr: string): [ipaddr.IPv4 | ipaddr.IPv6, number] {
     const [addr, bits] = cidr.includes("/") ? ipaddr.parseCIDR(cidr) : ipaddr.parseCIDR(`${cidr}/${ipaddr.parse(cidr).kind() === "ipv4" ? 32 : 128}`);
     if (bits === 0) throw new Error("prefix 0");
     const mapped = addr.kind() === "ipv6" && (addr as ipaddr.IPv6).isIPv4MappedAddress();
-    return mapped ? [normalizeAddr(addr), Math.max(bits - 96, 1)] : [addr, bits];
+    // An IPv4-mapped range is matched as IPv4 (addresses are normalized); `::ffff:0:0/96` is
+    // IPv4's /0, and anything shorter reaches past the mapped space: both trust everyone.
+    if (mapped && bits <= 96) throw new Error("mapped prefix 0");
+    return mapped ? [normalizeAddr(addr), bits - 96] : [addr, bits];
   } catch {
     throw configError(`"${cidr}" is not a CIDR (or is /0, which trusts everyone)`);
   }

@@ -55,7 +55,8 @@ describe("loadConfig", () => {
     expect(() => loadConfig({ RUNIT_CORS_ORIGINS: "*" })).toThrow(/RUNIT_CORS_ORIGINS/);
     expect(() => loadConfig({ RUNIT_RELAY_RESPONSE_TIMEOUT_MS: "0" })).toThrow(/RUNIT_RELAY_RESPONSE_TIMEOUT_MS/);
     expect(() => loadConfig({ RUNIT_TUNNEL_HOST_SUFFIXES: "com" })).toThrow(/RUNIT_TUNNEL_HOST_SUFFIXES/);
-    for (const blanket of ["true", "*", "all", "0.0.0.0/0", "::/0", "nonsense"]) {
+    // ::ffff:0:0/96 is all of IPv4 written as IPv6, /80 reaches past the mapped space.
+    for (const blanket of ["true", "*", "all", "0.0.0.0/0", "::/0", "::ffff:0:0/96", "::ffff:0:0/80", "nonsense"]) {
       expect(() => loadConfig({ RUNIT_TRUST_PROXY: blanket }), blanket).toThrow(/RUNIT_TRUST_PROXY/);
     }
   });
@@ -80,5 +81,12 @@ describe("client IP", () => {
     expect(resolveClientIp(fakeReq("127.0.0.1", "6.6.6.6, 198.51.100.7, 10.1.2.3"), trust)).toBe("198.51.100.7");
     // An untrusted peer's header is ignored.
     expect(resolveClientIp(fakeReq("192.0.2.1", "6.6.6.6"), trust)).toBe("192.0.2.1");
+  });
+
+  it("matches an IPv4-mapped range as the IPv4 range it names", () => {
+    const trust = parseTrustProxy("::ffff:10.0.0.0/104");
+    expect(resolveClientIp(fakeReq("::ffff:10.1.2.3", "198.51.100.7"), trust)).toBe("198.51.100.7");
+    expect(resolveClientIp(fakeReq("100.1.2.3", "6.6.6.6"), trust)).toBe("100.1.2.3");
+    expect(resolveClientIp(fakeReq("11.0.0.1", "6.6.6.6"), trust)).toBe("11.0.0.1");
   });
 });
