@@ -2,12 +2,14 @@
 // (Chromium resolves every *.localhost to loopback) Connect on the renter page opens Jupyter on
 // the session's own host, a notebook cell runs there (HTTP and the kernel's WebSocket), the
 // SameSite=Strict cookie lives on that host only, and the session's page cannot read the
-// renter page's origin. Real control plane, real agent, real container, Debian's Chromium.
+// renter page's origin, nor drive another session of the same renter (another host of the same
+// site). Real control plane, real agent, real container, Debian's Chromium.
 import { createServer } from "node:net";
 import { join } from "node:path";
 import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseSessionOrigin, type SessionOrigin } from "../packages/control-plane/src/sessionOrigin.js";
+import { ProviderKeyStore } from "../packages/control-plane/src/store/providerKeys.js";
 import { ARTIFACTS, launchChromium, printNotebook, requirePrerequisites, runNotebookCell, startStack, waitUntil, type Stack } from "./browser-harness.js";
 
 /** A port free right now (the session origin must name the port before the server listens). */
@@ -36,7 +38,7 @@ describe("per-session origins in a real browser", () => {
     await stack?.close();
   }, 120_000);
 
-  it("Connect opens Jupyter on the session's own host, a cell prints 42 there, and the cookie stays on that host", async () => {
+  it("Connect opens Jupyter on the session's own host, a cell prints 42 there, the cookie stays on that host, and the page cannot drive another session", async () => {
     const context = await browser.newContext();
     // Chromium's own reason for any request that failed below the HTTP level (net::ERR_...).
     const failed: string[] = [];
@@ -87,6 +89,47 @@ describe("per-session origins in a real browser", () => {
     const moved = await context.request.get(`${main}/s/${id}/api/status`, { maxRedirects: 0 });
     expect(moved.status()).toBe(308);
     expect(moved.headers().location).toBe(`${sessionOrigin}/s/${id}/api/status`);
+
+    // A second session of the same renter, B (registered here with no agent: what passes the
+    // relay's checks gets 502). B's host is another origin of the same site, so B's Strict cookie
+    // goes with requests that session A's page starts: the relay itself must refuse them.
+    const { key } = new ProviderKeyStore(stack.cp.store).create("e2e-second", Date.now());
+    const post = async (path: string, headers: Record<string, string>, body: unknown): Promise<Record<string, string>> => {
+      const res = await fetch(`${main}${path}`, { method: "POST", headers: { "Content-Type": "application/json", ...headers }, body: JSON.stringify(body) });
+      expect(res.status, path).toBe(201);
+      return (await res.json()) as Record<string, string>;
+    };
+    const b = (await post("/provider/session", { Authorization: `Bearer ${key}` }, {
+      tunnel: { kind: "relay" },
+      hardware: { cpus: 1, memoryMb: 512, gpus: [] },
+      pricing: { hourlyUsd: 0 },
+    })).sessionId as string;
+    const bOrigin = `http://${b}.localhost:${port}`;
+    const handIn = await context.newPage();
+    await handIn.goto((await post(`/renter/sessions/${b}/connect`, {}, {})).accessUrl as string);
+    await waitUntil("B's cookie", 10_000, async () => ((await context.cookies(`${bOrigin}/s/${b}/`)).length === 1 ? true : undefined));
+    const outcomes = await tab.evaluate(
+      async ({ bOrigin, b }) => {
+        const posted = await fetch(`${bOrigin}/s/${b}/api/terminals`, { method: "POST", mode: "no-cors", credentials: "include" })
+          .then((r) => r.type)
+          .catch((err: unknown) => String(err));
+        const socket = await new Promise<string>((resolve) => {
+          const ws = new WebSocket(`${bOrigin.replace("http", "ws")}/s/${b}/api/kernels/k/channels`);
+          ws.onopen = () => resolve("open");
+          ws.onclose = (e) => resolve(`closed ${e.code}`);
+        });
+        return { posted, socket };
+      },
+      { bOrigin, b },
+    );
+    expect(outcomes).toEqual({ posted: "opaque", socket: "closed 1006" });
+    const refused = stack.out
+      .filter((line) => line.includes("- CORS_ORIGIN_DENIED: ") && line.includes(b))
+      .map((line) => JSON.parse(line.slice(line.indexOf("{"))) as Record<string, unknown>);
+    expect(refused.map((e) => [e.sessionId, e.origin, e.upgrade])).toEqual([
+      [b, sessionOrigin, false],
+      [b, sessionOrigin, true],
+    ]);
     await context.close();
   }, 240_000);
 });

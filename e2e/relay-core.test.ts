@@ -140,6 +140,38 @@ describe("relay tunnel core", () => {
     expect(status).toBe(403);
   });
 
+  it("refuses the lock holder's requests and upgrades that another site or origin starts, with 403 CORS_ORIGIN_DENIED and an event", async () => {
+    const own = `http://127.0.0.1:${cp.port}`;
+    const other = "http://0b3f6c1e-0000-4c6b-8e9f-1a2b3c4d5e6f.localhost:1234";
+    const before = cp.sessions.events.length;
+    const sameSite = await fetchRaw(cp.port, `${BASE}api/status`, { method: "POST", headers: { ...COOKIE, "Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors" } });
+    expect(sameSite.status).toBe(403);
+    expect(JSON.parse(sameSite.body.toString())).toEqual({ error: "Origin not allowed", code: "CORS_ORIGIN_DENIED" });
+    const foreignOrigin = await fetchRaw(cp.port, `${BASE}api/status`, { method: "POST", headers: { ...COOKIE, Origin: other } });
+    expect(foreignOrigin.status).toBe(403);
+    const upgrade = (origin: string) =>
+      new Promise<number>((resolve) => {
+        const ws = new WebSocket(`ws://127.0.0.1:${cp.port}${BASE}api/kernels/k1/channels`, { headers: COOKIE, origin });
+        ws.once("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0));
+        ws.once("open", () => (ws.close(), resolve(101)));
+        ws.once("error", () => resolve(-1));
+      });
+    expect(await upgrade(other)).toBe(403);
+    const refusals = cp.sessions.events.slice(before);
+    expect(refusals.map((e) => [e.event, e.details.reason, e.details.upgrade])).toEqual([
+      ["CORS_ORIGIN_DENIED", "Sec-Fetch-Site: same-site", false],
+      ["CORS_ORIGIN_DENIED", "Origin", false],
+      ["CORS_ORIGIN_DENIED", "Origin", true],
+    ]);
+    expect(refusals[2]?.details.origin).toBe(other);
+    // The session's own page, and a link from the same site, still pass.
+    expect(await upgrade(own)).toBe(101);
+    const ownPost = await fetchRaw(cp.port, `${BASE}api/status`, { method: "POST", headers: { ...COOKIE, Origin: own, "Sec-Fetch-Site": "same-origin" } });
+    expect(ownPost.status).toBe(200);
+    const link = await fetchRaw(cp.port, `${BASE}api/status`, { headers: { ...COOKIE, "Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate" } });
+    expect(link.status).toBe(200);
+  });
+
   it("fails in-flight and new requests with 502 TUNNEL_UNAVAILABLE while the tunnel is down, then recovers", async () => {
     const waiting = fetchRaw(cp.port, `${BASE}hang`, { headers: COOKIE });
     const midBody = fetchRaw(cp.port, `${BASE}hang-body`, { headers: COOKIE }).then(

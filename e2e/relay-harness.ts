@@ -7,6 +7,7 @@ import type { AddressInfo } from "node:net";
 import express from "express";
 import { WebSocketServer } from "ws";
 import { RunitError, asSecret, type EndReason, type SecurityEvent } from "@runit/protocol";
+import { sameHost } from "../packages/control-plane/src/originPolicy.js";
 import { createRelay, type RelayOptions, type RelayPlugin, type RelaySessions } from "../packages/control-plane/src/relay/index.js";
 import { createRelayTunnel, type RelayTunnel, type RelayTunnelOptions } from "../packages/agent/src/tunnel/relay.js";
 
@@ -168,6 +169,7 @@ export async function startControlPlane(options: RelayOptions = {}): Promise<Con
       clientIp: (req) => (req.socket.remoteAddress ?? "").replace(/^::ffff:/, ""),
       logger: { info: () => undefined, warn: () => undefined },
       securityLog: (event, details) => sessions.events.push({ event, details }),
+      originAllowed: (origin, host) => sameHost(origin, host),
     },
     { pingIntervalMs: 500, meterFlushMs: 50, ...options },
   );

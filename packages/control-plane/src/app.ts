@@ -11,6 +11,7 @@ import { errorHandler, notFound, sendError } from "./httpErrors.js";
 import { createLogger, type LineWriter, type Logger } from "./logger.js";
 import { createMetrics, type Metrics } from "./metrics.js";
 import { createRateLimiter } from "./rateLimits.js";
+import { originPolicy, type OriginAllowed } from "./originPolicy.js";
 import { createRenterPageRouter } from "./renterPage.js";
 import { createOperatorRoutes } from "./routes/operator.js";
 import { createProviderRoutes } from "./routes/provider.js";
@@ -28,6 +29,8 @@ export interface RelayContext {
   clientIp(req: IncomingMessage): string;
   logger: Logger;
   securityLog: SecurityLog;
+  /** Whether an `Origin` may act on a request sent to `host` (its own host, RUNIT_CORS_ORIGINS). */
+  originAllowed: OriginAllowed;
 }
 
 /** The relay, as the control plane mounts it: HTTP at `/s/:sessionId`, upgrades, and shutdown. */
@@ -77,7 +80,8 @@ export function createApp(deps: AppDeps): RunitApp {
   });
   const sessions = new SessionService({ store, clock, securityLog, config });
   const clientIp = (req: IncomingMessage): string => resolveClientIp(req, config.trustProxy);
-  const ctx: RelayContext = { sessions, clientIp, logger, securityLog };
+  const originAllowed = originPolicy(config.corsOrigins);
+  const ctx: RelayContext = { sessions, clientIp, logger, securityLog, originAllowed };
   const relay = deps.relay?.(ctx);
 
   const app = express();
@@ -89,7 +93,7 @@ export function createApp(deps: AppDeps): RunitApp {
   });
   if (relay) app.use("/s/:sessionId", relay.handleHttp);
   app.use(helmetForOurPages());
-  app.use(corsFor(config.corsOrigins, securityLog, clientIp));
+  app.use(corsFor(config.corsOrigins, originAllowed, securityLog, clientIp));
   app.use(express.json({ limit: config.maxJsonBodyBytes, strict: true }));
 
   const limiter = (routeClass: "registration" | "provider" | "renter") =>
@@ -152,6 +156,7 @@ function helmetForOurPages(): RequestHandler {
  */
 function corsFor(
   origins: readonly string[],
+  originAllowed: OriginAllowed,
   securityLog: SecurityLog,
   clientIp: (req: IncomingMessage) => string,
 ): RequestHandler {
@@ -165,18 +170,10 @@ function corsFor(
   return (req: Request, res, next) => {
     const origin = req.headers.origin;
     const unsafe = !["GET", "HEAD", "OPTIONS"].includes(req.method);
-    if (origin !== undefined && unsafe && !allowed.has(origin) && !sameHost(origin, req.headers.host)) {
+    if (origin !== undefined && unsafe && !originAllowed(origin, req.headers.host)) {
       securityLog("CORS_ORIGIN_DENIED", { ip: clientIp(req), origin: origin.slice(0, 200), method: req.method });
       return sendError(res, new RunitError("CORS_ORIGIN_DENIED"));
     }
     corsHandler(req, res, next);
   };
-}
-
-function sameHost(origin: string, host: string | undefined): boolean {
-  try {
-    return host !== undefined && new URL(origin).host === host.toLowerCase();
-  } catch {
-    return false;
-  }
 }

@@ -3,6 +3,7 @@ import type { Duplex } from "node:stream";
 import { RELAY_COOKIE_NAME, RunitError, toRunitError } from "@runit/protocol";
 import { TunnelStreamError } from "@runit/relay-link";
 import { writeJsonError } from "../httpErrors.js";
+import { foreignRelayRequest } from "../originPolicy.js";
 import { rawResponseHead, writeRawError } from "./rawHttp.js";
 import { MalformedResponseError, ResponseTimeoutError, type JupyterExchange } from "./jupyterConnections.js";
 import { readCookie, responseHeadersForRenter, upstreamRequest, withoutHeader } from "./relayHeaders.js";
@@ -52,7 +53,7 @@ export class RenterRelay {
       res.writeHead(308, { Location: `/s/${match[1]}/${match[3] ?? ""}` }).end();
       return;
     }
-    const denied = this.authorize(req, sessionId);
+    const denied = this.authorize(req, sessionId, false);
     if (denied) return sendError(res, denied);
     // A service worker registered from a session's page would live on the control plane's
     // origin after the session; its script is never fetched through the relay.
@@ -71,15 +72,24 @@ export class RenterRelay {
       return true;
     }
     const sessionId = match[1] as string; // a UUID: never decoded (a bad escape must not throw)
-    const denied = this.authorize(req, sessionId);
+    const denied = this.authorize(req, sessionId, true);
     if (denied) writeRawError(socket, denied.status, denied.toBody());
     else this.relayUpgrade(req, socket, head, sessionId, url);
     return true;
   }
 
-  /** The lock check (cookie + locking IP); the store logs every refusal. Undefined = allowed. */
-  private authorize(req: IncomingMessage, sessionId: string): RunitError | undefined {
+  /**
+   * Another site's or origin's request is refused first (`foreignRelayRequest`), then the lock
+   * check (cookie + locking IP), whose refusals the store logs. Undefined = allowed.
+   */
+  private authorize(req: IncomingMessage, sessionId: string, upgrade: boolean): RunitError | undefined {
     const ip = this.ctx.clientIp(req);
+    const foreign = foreignRelayRequest(req.method ?? "GET", req.headers, upgrade, this.ctx.originAllowed);
+    if (foreign) {
+      const origin = req.headers.origin?.slice(0, 200);
+      this.ctx.securityLog("CORS_ORIGIN_DENIED", { sessionId, ip, reason: foreign, origin, method: req.method, upgrade });
+      return new RunitError("CORS_ORIGIN_DENIED");
+    }
     const token = readCookie(req.headers.cookie, RELAY_COOKIE_NAME);
     try {
       const answer = this.ctx.sessions.authorizeRelay(sessionId, token, ip);

@@ -35,6 +35,8 @@ export interface RelayContext {
   clientIp(req: IncomingMessage): string;
   logger: RelayLogger;
   securityLog: RelaySecurityLog;
+  /** Whether an `Origin` may act on a request sent to `host` (see `foreignRelayRequest`). */
+  originAllowed(origin: string, host: string | undefined): boolean;
 }
 
 /** Tunables of the relay (tests shorten them). */
