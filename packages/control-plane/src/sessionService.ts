@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import {
+  PROTOCOL_VERSION,
   RELAY_COOKIE_NAME,
   RegisterSessionRequestSchema,
   RunitError,
@@ -72,6 +73,13 @@ export class SessionService extends RelayAccess {
       throw new RunitError("INVALID_PROVIDER_KEY");
     }
     const request = parseBody(RegisterSessionRequestSchema, body);
+    if (request.protocolVersion !== undefined && request.protocolVersion !== PROTOCOL_VERSION) {
+      throw new RunitError(
+        "INVALID_BODY",
+        `protocolVersion: this control plane speaks protocol ${PROTOCOL_VERSION}, the agent ${request.protocolVersion}; upgrade the older one`,
+        { path: "protocolVersion" },
+      );
+    }
     let publicUrl: string | null = null;
     if (request.tunnel.kind === "cloudflared") {
       const check = validateProviderUrl(request.tunnel.publicUrl, this.suffixes);

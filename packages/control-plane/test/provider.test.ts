@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { RegisterSessionResponseSchema } from "@runit/protocol";
+import { PROTOCOL_VERSION, RegisterSessionResponseSchema } from "@runit/protocol";
 import { afterAll, describe, expect, it } from "vitest";
 import { readAudit } from "../src/index.js";
 import { call, registerSession, registrationBody, rememberSecret, startTestServer, stopAll } from "./harness.js";
@@ -100,6 +100,26 @@ describe("provider registration", () => {
     });
     expect(reply.status).toBe(400);
     expect(reply.json).toEqual({ error: "jupyterToken: required in cloudflared mode", code: "INVALID_BODY", path: "jupyterToken" });
+  });
+
+  it("refuses an agent of another protocol version with 400 and registers nothing; its own version and none pass", async () => {
+    const server = await startTestServer();
+    const key = server.createKey();
+    const register = (extra: Record<string, unknown>) =>
+      call(server.url, "POST", "/provider/session", { body: { ...registrationBody(), ...extra }, headers: { authorization: `Bearer ${key}` } });
+    const other = await register({ protocolVersion: PROTOCOL_VERSION + 1 });
+    expect(other.status).toBe(400);
+    expect(other.json).toEqual({
+      error: `protocolVersion: this control plane speaks protocol ${PROTOCOL_VERSION}, the agent ${PROTOCOL_VERSION + 1}; upgrade the older one`,
+      code: "INVALID_BODY",
+      path: "protocolVersion",
+    });
+    expect((await call(server.url, "GET", "/renter/sessions")).json).toEqual([]);
+    for (const extra of [{ protocolVersion: PROTOCOL_VERSION }, {}]) {
+      const ok = await register(extra);
+      expect(ok.status).toBe(201);
+      rememberSecret((ok.json as { sessionSecret: string }).sessionSecret);
+    }
   });
 });
 
