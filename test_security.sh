@@ -393,6 +393,10 @@ if [ -n "$SID" ]; then
     if [ -n "$COOKIE" ]; then
       at_session "$SID" "$RENTER_IP" GET "/s/$SID/api/status" -H "Cookie: $COOKIE"
       expect_error 502 "The provider is not reachable right now" "relay with the lock cookie from the locking IP passes the lock (no agent connected)"
+      # The cookie is SameSite=Strict, which other hosts of the same site still get: a request
+      # another page starts must be refused by the relay itself.
+      at_session "$SID" "$RENTER_IP" POST "/s/$SID/api/terminals" -H "Cookie: $COOKIE" -H "Sec-Fetch-Site: same-site" -H "Sec-Fetch-Mode: no-cors"
+      expect_error 403 "Origin not allowed" "relay with the lock cookie, in a request another page of the same site started"
     fi
   fi
 else
@@ -413,6 +417,8 @@ if [ -n "$SID" ]; then
   if [ -n "${COOKIE:-}" ]; then
     at_session "$SID" "$RENTER_IP" GET "/s/$SID/api/kernels/x/channels" "${WS_HEADERS[@]}" -H "Cookie: $COOKIE"
     expect_error 502 "The provider is not reachable right now" "relay WebSocket upgrade with the lock cookie passes the lock (no agent connected)"
+    at_session "$SID" "$RENTER_IP" GET "/s/$SID/api/kernels/x/channels" "${WS_HEADERS[@]}" -H "Cookie: $COOKIE" -H "Origin: https://evil.example"
+    expect_error 403 "Origin not allowed" "relay WebSocket upgrade with the lock cookie from another origin (https://evil.example)"
   fi
 fi
 
