@@ -196,7 +196,12 @@ describe("relay tunnel (agent side)", () => {
     await until(() => (cp.bytes.get(9)?.length ?? 0) >= 65536, "the first window");
     await new Promise((r) => setTimeout(r, 200));
     expect(cp.bytes.get(9)?.length).toBe(65536);
-    send(cp, { type: "credit", streamId: 9, bytes: big.length - 65536 });
+    // As an honest receiver does: credit back what arrived, never more than a window in all.
+    for (let granted = 65536; granted < big.length; granted += 65536) {
+      await until(() => (cp.bytes.get(9)?.length ?? 0) >= granted, `${granted} bytes`);
+      expect(cp.bytes.get(9)?.length).toBe(granted);
+      send(cp, { type: "credit", streamId: 9, bytes: 65536 });
+    }
     await until(() => cp.bytes.get(9)?.length === big.length, "the rest");
     expect(cp.bytes.get(9)?.equals(big)).toBe(true);
   });

@@ -103,6 +103,17 @@ describe("relay: the control plane's tunnel endpoint", () => {
     expect(tunnelUp()).toBe(true);
   });
 
+  it("logs only the first 10 error frames an agent sends on one tunnel, so a hostile agent cannot flood the log", async () => {
+    const logged = (): string[] => server.err.join("").split("\n").filter((line) => line.includes("refused a frame"));
+    const before = logged().length;
+    for (let i = 0; i < 30; i++) agent.send({ type: "error", code: "BAD_FRAME", message: `complaint ${i}` });
+    await agent.barrier();
+    const lines = logged().slice(before);
+    expect(lines).toHaveLength(10);
+    expect(lines[9]).toContain("complaint 9 (further ones on this tunnel are not logged)");
+    expect(agent.ws.readyState).toBe(WebSocket.OPEN);
+  });
+
   it("speaks HTTP to Jupyter over a stream: the renter's credentials out, Jupyter's token in, the connection kept for the next request", async () => {
     const first = call(server.url, "GET", `/s/${SESSION_ID}/api/contents?x=1`, {
       headers: { Cookie: `${cookie}; theme=dark`, Authorization: "Bearer renter", Accept: "application/json" },

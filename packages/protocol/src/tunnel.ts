@@ -228,11 +228,14 @@ export function decodeDataFrame(
 /**
  * Send-side credit of one stream: how many bytes may still be sent before the peer grants more.
  * Pure accounting; the I/O glue on each side asks it before sending and feeds it `credit` frames.
+ * Credit never exceeds the initial window: an honest receiver (`ReceiveWindow`) only grants back
+ * bytes it has received, so a grant beyond that is a peer asking to be sent more than it could
+ * ever have room for, and is refused.
  */
 export class SendCredit {
   private available: number;
 
-  constructor(initialWindow: number) {
+  constructor(readonly initialWindow: number) {
     this.available = initialWindow;
   }
 
@@ -248,9 +251,14 @@ export class SendCredit {
     return taken;
   }
 
-  /** Adds credit the peer granted. */
-  grant(bytes: number): void {
+  /**
+   * Adds credit the peer granted; false (and nothing added) when it would lift the credit above
+   * the initial window, a protocol violation (FLOW_CONTROL).
+   */
+  grant(bytes: number): boolean {
+    if (this.available + bytes > this.initialWindow) return false;
     this.available += bytes;
+    return true;
   }
 }
 

@@ -48,10 +48,21 @@ interface Incoming {
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
 /**
+ * Frames of the peer's this end refuses (an `error` or `abort` reply) before it fails the link
+ * with 1008. An honest peer sends none: late frames of streams already gone and aborts of streams
+ * either end just closed are dropped without a reply and do not count.
+ */
+export const MAX_REFUSED_FRAMES = 64;
+
+/**
  * One tunnel WebSocket over its raw socket. `role` is "server" on the control plane (frames from
  * the agent must be masked) and "client" on the agent (it masks, with the all-zero key). Every
  * arriving control frame is validated; a bad one aborts the stream it names or is answered with
  * an `error` frame, never a crash. A protocol violation fails the WebSocket with its close code.
+ *
+ * A peer must not be able to make this end buffer replies it never reads: of pongs at most one
+ * is pending (later pings are answered by one pong for the latest, RFC 6455 §5.5.3), and after
+ * `MAX_REFUSED_FRAMES` refused frames the link is closed with 1008 (policy violation).
  */
 export class TunnelLink implements StreamCarrier {
   private readonly streams = new Map<number, TunnelStream>();
@@ -62,6 +73,12 @@ export class TunnelLink implements StreamCarrier {
   private dead = false;
   private peerCloseCode: number | undefined;
   private peerCloseReason = "";
+  private closeSent: { code: number; reason: string } | undefined;
+  private refused = 0;
+  /** A pong is in the socket's buffer, not yet handed to the kernel. */
+  private pongPending = false;
+  /** The latest ping's payload (a copy) that arrived while a pong was pending. */
+  private pingToAnswer: Buffer | undefined;
   /** A pong arrived since the last `heartbeat` (a new link counts as alive). */
   private ponged = true;
   private incoming: Incoming = { binary: false, header: Buffer.alloc(DATA_FRAME_HEADER_BYTES), headerFill: 0, stream: undefined, skip: false, text: [], textBytes: 0 };
@@ -78,7 +95,7 @@ export class TunnelLink implements StreamCarrier {
         onMessageStart: (binary) => this.messageStart(binary),
         onMessageData: (bytes) => this.messageData(bytes),
         onMessageEnd: () => this.messageEnd(),
-        onPing: (payload) => this.writeFrame(OPCODE.pong, payload),
+        onPing: (payload) => this.pong(payload),
         onPong: () => (this.ponged = true),
         onClose: (code, reason) => this.peerClosed(code, reason),
         onProtocolError: (code, message) => this.close(code, message),
@@ -105,6 +122,11 @@ export class TunnelLink implements StreamCarrier {
   /** True while frames can be sent. */
   get isOpen(): boolean {
     return !this.dead && !this.closing && !this.socket.destroyed;
+  }
+
+  /** The close frame this end sent (started or echoed), if any: why the link was failed. */
+  get sentClose(): { code: number; reason: string } | undefined {
+    return this.closeSent;
   }
 
   /** Opens a stream with a fresh id and asks the peer to connect it (control-plane side). */
@@ -158,6 +180,7 @@ export class TunnelLink implements StreamCarrier {
   close(code: number = CLOSE_CODE.normal, reason = ""): void {
     if (this.closing || this.dead) return;
     this.writeFrame(OPCODE.close, closePayload(code, reason));
+    this.closeSent = { code, reason };
     this.closing = true;
     this.abortAll("TUNNEL_CLOSED", reason || "tunnel closed");
     this.socket.end();
@@ -182,6 +205,37 @@ export class TunnelLink implements StreamCarrier {
   private writeFrame(opcode: number, payload: Buffer): void {
     if (this.closing || this.socket.destroyed) return;
     this.socket.write(encodeFrame(opcode, payload, this.masked));
+  }
+
+  /** Answers a ping, unless a pong is still pending: then the latest ping is answered after it. */
+  private pong(payload: Buffer): void {
+    if (this.pongPending) {
+      this.pingToAnswer = Buffer.from(payload); // a copy: the payload is a view into a read chunk
+      return;
+    }
+    if (this.closing || this.socket.destroyed) return;
+    this.pongPending = true;
+    this.socket.write(encodeFrame(OPCODE.pong, payload, this.masked), () => {
+      this.pongPending = false;
+      const next = this.pingToAnswer;
+      this.pingToAnswer = undefined;
+      if (next) this.pong(next);
+    });
+  }
+
+  /**
+   * Replies to a frame that cannot be used (`error`, or `abort` of a stream this end does not
+   * have); a peer that keeps sending them is failed instead of being answered without end.
+   */
+  private refuse(frame: Extract<TunnelControlFrame, { type: "error" | "abort" }>): void {
+    if (this.countRefusal()) this.sendControl({ ...frame, message: frame.message.slice(0, 1024) });
+  }
+
+  /** Counts one refused frame; false once the peer has used them all up (the link is closing). */
+  private countRefusal(): boolean {
+    if (++this.refused <= MAX_REFUSED_FRAMES) return true;
+    this.close(CLOSE_CODE.policyViolation, `more than ${MAX_REFUSED_FRAMES} unusable frames`);
+    return false;
   }
 
   private peerClosed(code: number | undefined, reason: string): void {
@@ -230,7 +284,7 @@ export class TunnelLink implements StreamCarrier {
       const decoded = decodeDataFrameHeader(m.header, 0);
       if (!decoded.ok) {
         m.skip = true;
-        return this.sendControl({ type: "error", code: decoded.code, message: decoded.message });
+        return this.refuse({ type: "error", code: decoded.code, message: decoded.message });
       }
       // Late data of a stream already gone is normal after an abort: dropped.
       m.stream = this.streams.get(decoded.streamId);
@@ -244,7 +298,7 @@ export class TunnelLink implements StreamCarrier {
     if (m.skip) return;
     if (m.binary) {
       if (m.headerFill < DATA_FRAME_HEADER_BYTES) {
-        this.sendControl({ type: "error", code: "BAD_FRAME", message: "data frame shorter than its header" });
+        this.refuse({ type: "error", code: "BAD_FRAME", message: "data frame shorter than its header" });
       }
       return;
     }
@@ -261,10 +315,11 @@ export class TunnelLink implements StreamCarrier {
     const decoded = decodeControlFrame(text);
     if (!decoded.ok) {
       // A bad frame naming a stream kills that stream on both ends; one naming none gets an error frame.
-      if (decoded.streamId === undefined) return this.sendControl({ type: "error", code: decoded.code, message: decoded.message });
+      if (decoded.streamId === undefined) return this.refuse({ type: "error", code: decoded.code, message: decoded.message });
       const stream = this.streams.get(decoded.streamId);
-      if (stream) return stream.abort(decoded.code, decoded.message);
-      return this.sendControl({ type: "abort", streamId: decoded.streamId, code: decoded.code, message: decoded.message });
+      if (!stream) return this.refuse({ type: "abort", streamId: decoded.streamId, code: decoded.code, message: decoded.message });
+      if (this.countRefusal()) stream.abort(decoded.code, decoded.message);
+      return;
     }
     const frame = decoded.frame;
     switch (frame.type) {
@@ -273,12 +328,12 @@ export class TunnelLink implements StreamCarrier {
       case "welcome":
         return this.handlers.onWelcome?.(frame);
       case "hello":
-        if (!this.handlers.onHello) return this.sendControl({ type: "error", code: "BAD_FRAME", message: "hello not accepted here" });
+        if (!this.handlers.onHello) return this.refuse({ type: "error", code: "BAD_FRAME", message: "hello not accepted here" });
         return this.handlers.onHello(frame);
       case "open":
-        if (!this.handlers.onOpen) return this.sendControl({ type: "error", code: "BAD_FRAME", message: "open not accepted here" });
+        if (!this.handlers.onOpen) return this.refuse({ type: "error", code: "BAD_FRAME", message: "open not accepted here" });
         if (this.streams.has(frame.streamId)) {
-          return this.sendControl({ type: "abort", streamId: frame.streamId, code: "DUPLICATE_STREAM", message: "stream id in use" });
+          return this.refuse({ type: "abort", streamId: frame.streamId, code: "DUPLICATE_STREAM", message: "stream id in use" });
         }
         return this.handlers.onOpen(frame);
     }

@@ -6,6 +6,7 @@ import {
   type TunnelControlFrame,
   type TunnelErrorCode,
 } from "@runit/protocol";
+import { PieceCoalescer, forConsumer, worthKeepingAsView } from "./pieceCoalescer.js";
 
 /** Why a stream died: its tunnel error code and message (peer abort, tunnel loss, local abort). */
 export class TunnelStreamError extends Error {
@@ -39,10 +40,18 @@ export interface StreamCarrier {
  * consumer reads. On the control plane it is one pooled HTTP/1.1 connection to Jupyter; on the
  * agent it is piped to one TCP connection to Jupyter. `setTimeout` works as a socket's does (an
  * idle timer that emits 'timeout'), so an idle pooled stream can be closed.
+ *
+ * Memory: the peer can make a stream hold at most one window of received bytes; while the
+ * consumer lags they are kept so as to pin at most about twice that (see `pieceCoalescer.ts`),
+ * of which up to `COALESCE_BUFFER_BYTES` wait in a coalescing buffer, counted in `bufferedBytes`
+ * but not yet in `readableLength`.
+ * A peer granting credit beyond the window is refused, so this end never sends more than one
+ * window ahead of what the peer has read.
  */
 export class TunnelStream extends Duplex {
   private readonly credit: SendCredit;
   private readonly receiveWindow: ReceiveWindow;
+  private readonly coalescer = new PieceCoalescer();
   private pendingWrite: { chunks: Buffer[]; callback: (err?: Error | null) => void } | undefined;
   private pushed = 0;
   private accounted = 0;
@@ -88,6 +97,11 @@ export class TunnelStream extends Duplex {
     return this.pendingWrite || this.destroyed ? 0 : this.credit.bytes;
   }
 
+  /** Bytes received and not yet taken by the consumer: `readableLength` plus those being coalesced. */
+  get bufferedBytes(): number {
+    return this.readableLength + this.coalescer.bytes;
+  }
+
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
     this.pendingWrite = { chunks: [chunk], callback };
     this.flushWrites();
@@ -112,9 +126,13 @@ export class TunnelStream extends Duplex {
   // settles then); data that waited in the buffer leaves through read(), so credit is settled
   // after each read (once per tick). _read alone would not do: it runs before the bytes leave the
   // buffer, and not again until the next push, which would never come with the sender out of credit.
+  // Coalesced bytes exist only behind buffered ones; they are pushed once the consumer has taken
+  // the rest, or asks for more than is buffered (read(0) only pokes _read: they keep waiting).
   override read(size?: number): Buffer | null {
     const chunk = super.read(size) as Buffer | null;
-    if (chunk !== null && !this.settleQueued) {
+    const catchUp = this.coalescer.bytes > 0 && !this.destroyed && (this.readableLength === 0 || (chunk === null && size !== 0));
+    if (catchUp) this.pushCoalesced();
+    if ((chunk !== null || catchUp) && !this.settleQueued) {
       this.settleQueued = true;
       process.nextTick(() => {
         this.settleQueued = false;
@@ -126,6 +144,7 @@ export class TunnelStream extends Duplex {
 
   override _destroy(err: Error | null, callback: (err: Error | null) => void): void {
     clearTimeout(this.idleTimer);
+    this.coalescer.clear();
     const clean = !err && this.endSent && this.peerEnded;
     if (!clean && !this.silent) {
       const code = err instanceof TunnelStreamError ? err.code : "CLIENT_GONE";
@@ -141,14 +160,14 @@ export class TunnelStream extends Duplex {
     if (!this.receiveWindow.receive(payload.length)) return this.abort("FLOW_CONTROL", "peer sent beyond its credit");
     this.meter.onReceived?.(payload.length);
     this.touch();
-    this.pushed += payload.length;
-    this.push(payload);
+    this.hold(payload);
     this.settleCredit();
   }
 
-  /** @internal Credit from the peer. */
+  /** @internal Credit from the peer; more than the window can hold is a violation. */
   grant(bytes: number): void {
-    this.credit.grant(bytes);
+    if (this.destroyed) return;
+    if (!this.credit.grant(bytes)) return this.abort("FLOW_CONTROL", "peer granted credit beyond the window");
     this.flushWrites();
     if (!this.pendingWrite) this.onCredit?.();
   }
@@ -157,6 +176,7 @@ export class TunnelStream extends Duplex {
   peerEnd(): void {
     if (this.peerEnded || this.destroyed) return;
     this.peerEnded = true;
+    this.pushCoalesced();
     this.push(null);
   }
 
@@ -181,6 +201,29 @@ export class TunnelStream extends Duplex {
       this.idleTimer.unref();
     }
     return this;
+  }
+
+  /**
+   * Hands a received piece (a view into a socket read) to the readable side: while the consumer
+   * keeps up (the buffer is empty) as it is, or copied when tiny next to its read chunk
+   * (`forConsumer`); while it lags, as it is when large next to its read chunk, else copied into
+   * the coalescer, in order.
+   */
+  private hold(piece: Buffer): void {
+    if (this.coalescer.bytes === 0 && this.readableLength === 0) return this.pushPiece(forConsumer(piece));
+    if (!worthKeepingAsView(piece)) return this.coalescer.add(piece, (full) => this.pushPiece(full));
+    this.pushCoalesced();
+    this.pushPiece(piece);
+  }
+
+  private pushCoalesced(): void {
+    const bytes = this.coalescer.take();
+    if (bytes) this.pushPiece(bytes);
+  }
+
+  private pushPiece(bytes: Buffer): void {
+    this.pushed += bytes.length;
+    this.push(bytes);
   }
 
   /** Hands `pieces` (`bytes` in all, already covered by credit) to the link as data frames. */

@@ -24,6 +24,7 @@ export const CLOSE_CODE = {
   goingAway: 1001,
   protocolError: 1002,
   invalidPayload: 1007,
+  policyViolation: 1008,
   tooBig: 1009,
 } as const;
 

@@ -1,5 +1,5 @@
 // Two TunnelLinks over a real TCP connection after a real handshake: streams, credit flow
-// control, half close, aborts, and the loss of the socket.
+// control (and a peer that breaks it), half close, aborts, and the loss of the socket.
 import { createHash } from "node:crypto";
 import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
@@ -132,6 +132,23 @@ describe("TunnelLink and TunnelStream", () => {
     expect(localError).toBeInstanceOf(TunnelStreamError);
     expect(localError).toMatchObject({ code: "FLOW_CONTROL", message: "peer sent beyond its credit" });
     expect(await peerError).toMatchObject({ code: "FLOW_CONTROL" });
+  });
+
+  it("aborts a stream whose peer grants credit beyond the window (FLOW_CONTROL), and sends nothing past the window", async () => {
+    const pair = await linkPair();
+    let sent = 0;
+    const { stream, peer } = await openOne(pair, 64 * 1024, { onSent: (n) => (sent += n) });
+    peer.pause(); // grants nothing itself
+    stream.write(Buffer.alloc(1024 * 1024, 3));
+    await until(() => peer.bufferedBytes === 64 * 1024, "the first window");
+    const peerError = new Promise<Error>((resolve) => peer.once("error", resolve));
+    const localError = new Promise<Error>((resolve) => stream.once("error", resolve));
+    // Bypass the peer's own accounting: 64 MiB of credit for 64 KiB received, twice.
+    for (let i = 0; i < 2; i++) pair.client.sendControl({ type: "credit", streamId: stream.id, bytes: 64 * 1024 * 1024 });
+    expect(await localError).toMatchObject({ code: "FLOW_CONTROL", message: "peer granted credit beyond the window" });
+    expect(await peerError).toMatchObject({ code: "FLOW_CONTROL" });
+    expect(sent).toBe(64 * 1024);
+    expect(pair.serverSocket.writableLength).toBe(0);
   });
 
   it("tells the peer why a stream was aborted, and kills every stream when the socket goes", async () => {

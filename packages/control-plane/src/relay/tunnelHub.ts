@@ -28,7 +28,12 @@ interface AgentTunnel {
   link: TunnelLink;
   live: LiveTunnel | undefined;
   helloTimer: NodeJS.Timeout | undefined;
+  /** `error` frames the agent sent; only the first few are logged (a hostile agent could flood the log). */
+  peerErrors: number;
 }
+
+/** How many of an agent's `error` frames are logged per tunnel. */
+const LOGGED_PEER_ERRORS = 10;
 
 /**
  * The agents' side of the relay: accepts `GET /agent/tunnel` WebSocket handshakes authenticated
@@ -109,13 +114,17 @@ export class TunnelHub {
       this.drop(sessionId, previous);
       previous.link.close(TUNNEL_CLOSE_REPLACED, "replaced by a newer tunnel");
     }
-    const tunnel: AgentTunnel = { live: undefined, helloTimer: undefined, link: undefined as unknown as TunnelLink };
+    const tunnel: AgentTunnel = { live: undefined, helloTimer: undefined, link: undefined as unknown as TunnelLink, peerErrors: 0 };
     tunnel.link = new TunnelLink(
       socket,
       "server",
       {
         onHello: (frame) => this.hello(sessionId, tunnel, frame),
-        onPeerError: (code, message) => this.ctx.logger.warn(`[relay] agent of ${sessionId} refused a frame: ${code} ${message}`),
+        onPeerError: (code, message) => {
+          if (++tunnel.peerErrors > LOGGED_PEER_ERRORS) return;
+          const more = tunnel.peerErrors === LOGGED_PEER_ERRORS ? " (further ones on this tunnel are not logged)" : "";
+          this.ctx.logger.warn(`[relay] agent of ${sessionId} refused a frame: ${code} ${message.slice(0, 200)}${more}`);
+        },
         onClose: () => {
           if (this.tunnels.get(sessionId) !== tunnel) return;
           this.drop(sessionId, tunnel);
