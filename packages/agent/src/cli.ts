@@ -7,7 +7,7 @@ import { runDoctor } from "./doctor.js";
 import { DEFAULT_IMAGE } from "./docker/hardenedSpec.js";
 import { createLogger } from "./logger.js";
 import { defaultAgentName, defaultStateDir } from "./options.js";
-import { readPidFile } from "./stateFile.js";
+import { readPidFile, runningAgentPid } from "./stateFile.js";
 
 const logger = createLogger(process.stdout, process.stderr);
 
@@ -133,8 +133,11 @@ program
   .option("--name <name>", "agent instance name", defaultAgentName())
   .option("--state-dir <dir>", "state dir", defaultStateDir())
   .action(async (opts: { name: string; stateDir: string }) => {
-    const pid = await readPidFile(opts.stateDir, opts.name);
-    if (!pid) return failWith(new Error(`no running agent named ${opts.name} (no pid file in ${opts.stateDir})`));
+    const recorded = await readPidFile(opts.stateDir, opts.name);
+    if (!recorded) return failWith(new Error(`no running agent named ${opts.name} (no pid file in ${opts.stateDir})`));
+    // A stale pid file (after a reboot the pid may be any process's) must not get a SIGTERM.
+    const pid = await runningAgentPid(opts.stateDir, opts.name);
+    if (pid !== recorded) return failWith(new Error(`agent ${opts.name} (pid ${recorded}) is not running`));
     try {
       process.kill(pid, "SIGTERM");
     } catch {

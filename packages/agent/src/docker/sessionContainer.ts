@@ -36,11 +36,18 @@ export async function startSessionContainer(
 ): Promise<RunningContainer> {
   assertHardened(spec, { workspaceDir });
   const container = await docker.createContainer(spec);
+  const out = new PassThrough();
+  const runningAs = waitForLine(out, /^Running as: (.+)$/, timeoutMs);
+  // Awaited below; when a step before fails, the catch ends `out` and this rejection is not news.
+  runningAs.catch(() => undefined);
   try {
     const stream = await container.attach({ stream: true, stdin: true, stdout: true, stderr: true, hijack: true });
-    const out = new PassThrough();
+    // docker-modem's demux never ends `out`: end it when the attach stream ends (the container
+    // exited) or fails (say the daemon restarted: ECONNRESET), so an early exit fails at once
+    // instead of after `timeoutMs`, and a socket error never goes unhandled.
+    const endOutput = (): void => void (out.writableEnded || out.end());
+    stream.on("end", endOutput).on("close", endOutput).on("error", endOutput);
     container.modem.demuxStream(stream, out, out);
-    const runningAs = waitForLine(out, /^Running as: (.+)$/, timeoutMs);
     await container.start();
     stream.write(`${JSON.stringify(config)}\n`);
     stream.end();
@@ -55,6 +62,7 @@ export async function startSessionContainer(
     }
     return { id: container.id, hostPort };
   } catch (err) {
+    out.end();
     await removeContainer(docker, container.id);
     throw err;
   }
