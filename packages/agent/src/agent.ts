@@ -129,8 +129,6 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
     const removed = await purgeOldWorkspaces(o.workspaceRoot, o.workspaceRetentionMs, keep).catch(() => []);
     if (removed.length) logger.info(`[agent] removed ${removed.length} workspace(s) older than the retention`);
   };
-  const purgeTimer = setInterval(() => void purge(), Math.min(3600_000, Math.max(60_000, o.workspaceRetentionMs / 4)));
-  purgeTimer.unref();
 
   async function endSession(s: LiveSession, end: SessionEndReason): Promise<void> {
     if (end.by === "agent" && end.reason !== "SECRET_REFUSED") {
@@ -170,13 +168,21 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
       await endSession(s, end);
       current = undefined;
       s = undefined;
+      // Like a revoked key: what no fresh session cures stops the agent (done rejects, `fatal`).
+      if (end.by === "agent" && end.reason === "FATAL") throw end.error;
     }
   }
 
-  await purge();
   let first: LiveSession;
+  let purgeTimer: NodeJS.Timeout | undefined;
   try {
-    first = (await recoverSessions(ctx)) ?? (await offer());
+    // Recovery first: a re-adopted session's workspace may be older than the retention (a session
+    // LOCKED for days writes into subfolders only), and purge() keeps the current session's.
+    current = await recoverSessions(ctx);
+    await purge();
+    purgeTimer = setInterval(() => void purge(), Math.min(3600_000, Math.max(60_000, o.workspaceRetentionMs / 4)));
+    purgeTimer.unref();
+    first = current ?? (await offer());
     current = first;
     if (first.adopted) events.emit("ready", sessionInfo(first));
   } catch (err) {

@@ -23,8 +23,10 @@ function pause(ms: number, signal: AbortSignal): Promise<void> {
 export async function watchSession(ctx: AgentContext, s: LiveSession, signal: AbortSignal): Promise<SessionEndReason> {
   const { options: o, logger } = ctx;
   let tunnelEvent: string | undefined;
+  let fatal: Error | undefined;
   const unsubscribe = s.tunnel.onEvent?.((e) => {
-    tunnelEvent = e.type === "died" ? `tunnel died: ${e.reason}` : "tunnel URL changed";
+    if (e.type === "fatal") fatal = e.error;
+    else tunnelEvent = e.type === "died" ? `tunnel died: ${e.reason}` : "tunnel URL changed";
   });
   let lastActivityAt = Date.now();
   let previous: JupyterActivity | undefined;
@@ -34,6 +36,8 @@ export async function watchSession(ctx: AgentContext, s: LiveSession, signal: Ab
   try {
     for (let tick = 0; tick < Number.MAX_SAFE_INTEGER; tick++) {
       if (signal.aborted) return { by: "agent", reason: "STOPPING" };
+      // A fresh session would fail the same way: end this one and let the agent stop.
+      if (fatal) return { by: "agent", reason: "FATAL", error: fatal };
       if (tunnelEvent) {
         logger.info(`[agent] ${tunnelEvent}: replacing session ${s.sessionId}`);
         return { by: "agent", reason: "TUNNEL" };

@@ -6,7 +6,9 @@ import { createServer as createTcpServer, type AddressInfo, type Server as TcpSe
 import { afterEach, describe, expect, it } from "vitest";
 import { WebSocketServer, type RawData, type WebSocket } from "ws";
 import { asSecret, decodeControlFrame, decodeDataFrame, encodeControlFrame, encodeDataFrame, type TunnelControlFrame } from "@runit/protocol";
+import { ControlPlaneError } from "../src/controlPlaneClient.js";
 import { createRelayTunnel, type RelayTunnel } from "../src/tunnel/relay.js";
+import type { TunnelEvent } from "../src/tunnel/types.js";
 
 const SESSION_ID = "1e2d3c4b-5a69-4788-96a5-b4c3d2e1f0a9";
 const BASE = `/s/${SESSION_ID}/`;
@@ -24,7 +26,8 @@ interface FakeControlPlane {
   close(): Promise<void>;
 }
 
-async function startFakeControlPlane(options: { autoPong?: boolean } = {}): Promise<FakeControlPlane> {
+/** `onAccept` runs on each accepted tunnel, e.g. to send a welcome and close it at once. */
+async function startFakeControlPlane(options: { autoPong?: boolean; onAccept?: (ws: WebSocket) => void } = {}): Promise<FakeControlPlane> {
   const server: Server = createServer((_req, res) => res.writeHead(404).end());
   const wss = new WebSocketServer({ noServer: true, autoPong: options.autoPong ?? true, perMessageDeflate: false });
   const cp: FakeControlPlane = { url: "", dials: [], authHeaders: [], frames: [], bytes: new Map(), sockets: [], refuse: false, close: async () => undefined };
@@ -44,6 +47,7 @@ async function startFakeControlPlane(options: { autoPong?: boolean } = {}): Prom
         const frame = decodeDataFrame(buf);
         if (frame.ok) cp.bytes.set(frame.streamId, Buffer.concat([cp.bytes.get(frame.streamId) ?? Buffer.alloc(0), frame.payload]));
       });
+      options.onAccept?.(ws);
     });
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -107,8 +111,7 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
-async function attach(cp: FakeControlPlane, jupyterPort: number, opts: Partial<Parameters<typeof createRelayTunnel>[0]> = {}): Promise<RelayTunnel> {
-  const lines: string[] = [];
+async function attach(cp: FakeControlPlane, jupyterPort: number, opts: Partial<Parameters<typeof createRelayTunnel>[0]> = {}, lines: string[] = []): Promise<RelayTunnel> {
   const tunnel = createRelayTunnel({
     logger: { info: (l) => lines.push(l), error: (l) => lines.push(l) },
     pingIntervalMs: 100,
@@ -225,6 +228,74 @@ describe("relay tunnel (agent side)", () => {
     const dialsAtClose = cp.dials.length;
     await new Promise((r) => setTimeout(r, 500));
     expect(cp.dials.length).toBe(dialsAtClose);
+  });
+
+  it.each([
+    [4000, "replaced by a newer tunnel"],
+    [4001, "SESSION_ENDED"],
+    [4002, "no hello"],
+  ])("backs off to the cap when the control plane accepts the tunnel and closes it at once (%i %s)", async (code, reason) => {
+    const cp = await startFakeControlPlane({ onAccept: (ws) => ws.close(code, reason) });
+    cleanups.push(cp.close);
+    const events: TunnelEvent[] = [];
+    const tunnel = await attach(cp, 1);
+    tunnel.onEvent((e) => events.push(e));
+    const deadline = Date.now() + 5000;
+    while (cp.dials.length < 6 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(cp.dials.length).toBe(6);
+    const gaps = cp.dials.slice(1).map((t, i) => t - (cp.dials[i] as number));
+    // A handshake alone no longer resets the backoff: base 40, 80, 160, 320, 320 ms as for refusals.
+    expect(gaps[3]).toBeGreaterThanOrEqual(150);
+    expect(gaps[4]).toBeGreaterThanOrEqual(150);
+    expect(events).toEqual([]);
+  });
+
+  it("resets the backoff once a tunnel has stayed up for stableAfterMs", async () => {
+    const cp = await startFakeControlPlane();
+    cleanups.push(cp.close);
+    cp.refuse = true;
+    const tunnel = await attach(cp, 1, { stableAfterMs: 200 });
+    await until(() => cp.dials.length >= 5, "five refused dials"); // the delay is at its 320 ms cap now
+    cp.refuse = false;
+    await tunnel.waitConnected(3000);
+    await new Promise((r) => setTimeout(r, 300));
+    const dialsBefore = cp.dials.length;
+    const closedAt = Date.now();
+    (cp.sockets.at(-1) as WebSocket).close(4000, "replaced by a newer tunnel");
+    await until(() => cp.dials.length > dialsBefore, "the redial");
+    expect(cp.dials.at(-1)! - closedAt).toBeLessThan(150); // 20-40 ms again, not 160-320
+  });
+
+  it.each([
+    ["its welcome", { type: "welcome", sessionId: SESSION_ID, protocolVersion: 3 }],
+    ["the close reason (a welcome this agent cannot read)", { type: "welcome", sessionId: SESSION_ID, protocolVersion: 3, extra: true }],
+  ])("stops for good with one fatal event when the control plane speaks another protocol version, told by %s", async (_how, welcome) => {
+    const cp = await startFakeControlPlane({
+      onAccept: (ws) => {
+        ws.send(JSON.stringify(welcome));
+        // What the real control plane does once the hello names another version.
+        setTimeout(() => ws.close(4002, "protocol version 3 required"), 20);
+      },
+    });
+    cleanups.push(cp.close);
+    const events: TunnelEvent[] = [];
+    const lines: string[] = [];
+    const tunnel = await attach(cp, 1, {}, lines);
+    tunnel.onEvent((e) => events.push(e));
+    await until(() => events.length > 0, "the fatal event");
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(cp.dials.length).toBe(1);
+    expect(tunnel.connected).toBe(false);
+    const message = "the control plane speaks tunnel protocol 3 and this agent 2: upgrade runit-agent";
+    expect(events).toEqual([{ type: "fatal", error: expect.objectContaining({ message, code: "PROTOCOL_VERSION_MISMATCH", fatal: true }) }]);
+    expect((events[0] as { error: Error }).error).toBeInstanceOf(ControlPlaneError);
+    expect(lines.filter((l) => !l.startsWith("[agent] relay tunnel dialling ") && !l.startsWith("[agent] relay tunnel connected for: "))).toEqual([
+      `[agent] relay tunnel stopped: ${message}`,
+    ]);
+    const late: TunnelEvent[] = [];
+    tunnel.onEvent((e) => late.push(e)); // a listener that subscribes afterwards still hears of it
+    await until(() => late.length > 0, "the fatal event for a late listener");
+    expect(late).toEqual(events);
   });
 
   it("drops a tunnel whose pongs stop and dials a fresh one", async () => {

@@ -2,9 +2,11 @@ import {
   AGENT_TUNNEL_PATH,
   DEFAULT_STREAM_WINDOW_BYTES,
   PROTOCOL_VERSION,
+  TUNNEL_CLOSE_BAD_HELLO,
   TUNNEL_CLOSE_SESSION_ENDED,
   maskSecret,
 } from "@runit/protocol";
+import { ControlPlaneError } from "../controlPlaneClient.js";
 import type { AgentLogger } from "../logger.js";
 import { CLOSE_CODE, TunnelLink, WebSocketRefusedError, dialWebSocket } from "@runit/relay-link";
 import { RelayUpstream, type UpstreamCounters } from "./relayUpstream.js";
@@ -12,6 +14,19 @@ import type { SessionTunnel, TunnelAttachment, TunnelEvent } from "./types.js";
 
 /** How long the WebSocket handshake with the control plane may take. */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/** The reason of the control plane's 4002 close when it speaks another tunnel protocol version. */
+const VERSION_REQUIRED = /^protocol version (\d+) required$/;
+
+/**
+ * The fatal error of a control plane that speaks another tunnel protocol version: redialling
+ * cannot cure it, so it stops the agent the way a revoked provider key does.
+ */
+function protocolMismatch(theirs: number): ControlPlaneError {
+  const fix = theirs > PROTOCOL_VERSION ? "upgrade runit-agent" : "ask the operator to upgrade the control plane, or run a runit-agent release that speaks it";
+  const message = `the control plane speaks tunnel protocol ${theirs} and this agent ${PROTOCOL_VERSION}: ${fix}`;
+  return new ControlPlaneError(message, undefined, "PROTOCOL_VERSION_MISMATCH", true);
+}
 
 /** Options of the relay tunnel; every timer is configurable so tests run in seconds. */
 export interface RelayTunnelOptions {
@@ -21,12 +36,19 @@ export interface RelayTunnelOptions {
   /** First reconnect delay; doubles per failed attempt (with jitter) up to `reconnectMaxMs`. */
   reconnectMinMs?: number;
   reconnectMaxMs?: number;
+  /**
+   * A tunnel that stayed open this long resets the backoff (default 10 s); one that closes sooner
+   * counts as a failed attempt, so a control plane that accepts and then closes is not hammered.
+   */
+  stableAfterMs?: number;
   /** Largest per-stream window accepted from the control plane. */
   maxStreamWindowBytes?: number;
 }
 
 /** The relay tunnel plus what tests and the heartbeat loop read from it. */
 export interface RelayTunnel extends SessionTunnel {
+  /** Subscribes to the tunnel's events (`fatal` on a protocol version mismatch). */
+  onEvent(listener: (event: TunnelEvent) => void): () => void;
   /** True while the WebSocket to the control plane is open. */
   readonly connected: boolean;
   /** Bytes relayed so far (rx: renter → Jupyter, tx: Jupyter → renter). */
@@ -47,7 +69,8 @@ export function tunnelUrl(serverUrl: string): string {
 /**
  * The built-in relay tunnel (issue 4): the agent dials OUT to the control plane's
  * `/agent/tunnel` with the session secret, keeps the WebSocket alive with ping/pong, redials with
- * exponential backoff when it drops, and connects each stream the control plane opens to the
+ * exponential backoff when it drops (a `fatal` event instead when the control plane speaks another
+ * protocol version), and connects each stream the control plane opens to the
  * session's Jupyter on 127.0.0.1 (one TCP connection per stream, bytes piped). Its hello tells the
  * control plane Jupyter's port and token, so the control plane's HTTP client authenticates itself
  * and the token never reaches a renter.
@@ -56,19 +79,22 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
   const pingIntervalMs = opts.pingIntervalMs ?? 15_000;
   const reconnectMinMs = opts.reconnectMinMs ?? 250;
   const reconnectMaxMs = opts.reconnectMaxMs ?? 30_000;
+  const stableAfterMs = opts.stableAfterMs ?? 10_000;
   const listeners = new Set<(event: TunnelEvent) => void>();
   let reg: TunnelAttachment | undefined;
   let upstream: RelayUpstream | undefined;
   let link: TunnelLink | undefined;
   let dialing = false;
   let closed = false;
+  /** Set when the control plane speaks another protocol version: the tunnel never dials again. */
+  let fatal: ControlPlaneError | undefined;
   let attempt = 0;
   let retryTimer: NodeJS.Timeout | undefined;
   let pingTimer: NodeJS.Timeout | undefined;
   let connectedWaiters: Array<() => void> = [];
 
   const scheduleRedial = (): void => {
-    if (closed || retryTimer) return;
+    if (closed || fatal || retryTimer) return;
     const base = Math.min(reconnectMaxMs, reconnectMinMs * 2 ** Math.min(attempt, 16));
     const delay = Math.round(base / 2 + Math.random() * (base / 2));
     attempt += 1;
@@ -79,28 +105,47 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
     retryTimer.unref();
   };
 
+  /** Stops for good on a protocol version mismatch: one error line, one `fatal` event, no redial. */
+  const stopFatally = (err: ControlPlaneError, socketLink: TunnelLink): void => {
+    if (closed || fatal) return;
+    fatal = err;
+    clearTimeout(retryTimer);
+    clearInterval(pingTimer);
+    opts.logger.error(`[agent] relay tunnel stopped: ${err.message}`);
+    socketLink.close(CLOSE_CODE.normal, "protocol version mismatch");
+    for (const listener of listeners) listener({ type: "fatal", error: err });
+  };
+
   const dial = (): void => {
-    if (closed || !reg || !upstream) return;
+    if (closed || fatal || !reg || !upstream) return;
     const current = reg;
     const target = upstream;
     dialing = true;
     dialWebSocket(tunnelUrl(current.serverUrl), { Authorization: `Bearer ${current.sessionSecret}` }, HANDSHAKE_TIMEOUT_MS).then(
       ({ socket, head }) => {
         dialing = false;
-        if (closed) return void socket.destroy();
-        attempt = 0;
+        if (closed || fatal) return void socket.destroy();
+        const openedAt = Date.now();
         const socketLink: TunnelLink = new TunnelLink(
           socket,
           "client",
           {
             onOpen: (frame) => target.open(socketLink, frame),
+            onWelcome: (frame) => {
+              if (frame.protocolVersion !== PROTOCOL_VERSION) stopFatally(protocolMismatch(frame.protocolVersion), socketLink);
+            },
             onPeerError: (code, message) => opts.logger.error(`[agent] control plane refused a relay frame: ${code} ${message}`),
-            onClose: (code) => {
+            onClose: (code, reason) => {
               if (link === socketLink) {
                 link = undefined;
                 clearInterval(pingTimer);
               }
-              if (closed) return;
+              // The welcome usually tells first; the close reason covers a welcome this agent could not read.
+              const required = code === TUNNEL_CLOSE_BAD_HELLO ? VERSION_REQUIRED.exec(reason)?.[1] : undefined;
+              if (required !== undefined && Number(required) !== PROTOCOL_VERSION) stopFatally(protocolMismatch(Number(required)), socketLink);
+              if (closed || fatal) return;
+              // Only a tunnel that stayed up resets the backoff: accept-then-close loops back off to the cap.
+              if (Date.now() - openedAt >= stableAfterMs) attempt = 0;
               const why = code === TUNNEL_CLOSE_SESSION_ENDED ? "session ended" : code === undefined ? "connection lost" : `code ${code}`;
               opts.logger.info(`[agent] relay tunnel down for ${current.sessionId} (${why}), redialling`);
               scheduleRedial();
@@ -151,6 +196,9 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
     },
     onEvent(listener: (event: TunnelEvent) => void): () => void {
       listeners.add(listener);
+      // A fatal condition stays true: a listener that subscribes later still hears of it.
+      const error = fatal;
+      if (error) queueMicrotask(() => listeners.has(listener) && listener({ type: "fatal", error }));
       return () => listeners.delete(listener);
     },
     get connected(): boolean {

@@ -14,10 +14,14 @@ export interface TunnelAttachment {
   basePath: string;
 }
 
-/** Something the agent must react to: the tunnel died for good, or its public URL changed. */
+/**
+ * Something the agent must react to: the tunnel died for good or its public URL changed (the
+ * session is replaced), or it hit a condition no fresh session cures (the agent stops with `error`).
+ */
 export type TunnelEvent =
   | { type: "died"; reason: string }
-  | { type: "url-changed"; spec: TunnelSpec };
+  | { type: "url-changed"; spec: TunnelSpec }
+  | { type: "fatal"; error: Error };
 
 /**
  * How renter traffic reaches one session's Jupyter. One instance per session: `describe()` runs
