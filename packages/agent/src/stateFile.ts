@@ -1,19 +1,9 @@
 import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { z } from "zod";
+import { AgentSessionStateSchema, type AgentSessionState } from "@runit/protocol";
 
 /** The live session an agent persists so a restart after SIGKILL can re-adopt or clean it up. */
-export const LiveSessionStateSchema = z.object({
-  sessionId: z.string(),
-  sessionSecret: z.string(),
-  jupyterToken: z.string(),
-  containerId: z.string(),
-  hostPort: z.number().int(),
-  basePath: z.string(),
-  tunnel: z.enum(["relay", "cloudflared"]),
-  workspaceDir: z.string(),
-});
-export type LiveSessionState = z.infer<typeof LiveSessionStateSchema>;
+export type LiveSessionState = AgentSessionState;
 
 /** File names inside the agent's state dir (never inside a workspace). */
 function statePath(stateDir: string, agentName: string): string {
@@ -27,7 +17,7 @@ export function pidFilePath(stateDir: string, agentName: string): string {
 /** Reads the persisted session, or undefined when there is none or it is unreadable. */
 export async function readLiveSession(stateDir: string, agentName: string): Promise<LiveSessionState | undefined> {
   try {
-    const parsed = LiveSessionStateSchema.safeParse(JSON.parse(await readFile(statePath(stateDir, agentName), "utf8")));
+    const parsed = AgentSessionStateSchema.safeParse(JSON.parse(await readFile(statePath(stateDir, agentName), "utf8")));
     return parsed.success ? parsed.data : undefined;
   } catch {
     return undefined;

@@ -4,3 +4,4 @@ export * from "./http.js";
 export * from "./secret.js";
 export * from "./security.js";
 export * from "./tunnel.js";
+export * from "./providerHost.js";

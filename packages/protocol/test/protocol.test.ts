@@ -1,10 +1,16 @@
 import { describe, expect, it } from "vitest";
 import {
+  AgentSessionStateSchema,
   ERROR_CODES,
   ERROR_MESSAGES,
   ERROR_STATUS,
+  JupyterKernelsSchema,
+  JupyterStatusSchema,
+  QuickTunnelMetricsSchema,
+  ReceiveWindow,
   RegisterSessionRequestSchema,
   RunitError,
+  SendCredit,
   maskSecret,
   parseOrThrow,
   toRunitError,
@@ -63,5 +69,49 @@ describe("maskSecret", () => {
   it("shows at most an 8-character prefix", () => {
     expect(maskSecret("abcdefghijklmnopqrstuvwxyz")).toBe("abcdefgh…");
     expect(maskSecret("abcd")).toBe("ab…");
+  });
+});
+
+describe("credit", () => {
+  it("lets a sender send at most its window until the receiver grants back what it consumed", () => {
+    const credit = new SendCredit(1000);
+    const window = new ReceiveWindow(1000);
+    expect(credit.take(600)).toBe(600);
+    expect(window.receive(600)).toBe(true);
+    expect(credit.take(600)).toBe(400);
+    expect(window.receive(400)).toBe(true);
+    expect(credit.take(1)).toBe(0);
+    // Grants go out per half window consumed.
+    expect(window.consume(400)).toBe(0);
+    const grant = window.consume(200);
+    expect(grant).toBe(600);
+    expect(credit.grant(grant)).toBe(true);
+    expect(credit.bytes).toBe(600);
+  });
+
+  it("refuses a grant that would lift credit above the window, and a peer that sends past its credit", () => {
+    const credit = new SendCredit(1000);
+    expect(credit.grant(1)).toBe(false);
+    expect(credit.bytes).toBe(1000);
+    credit.take(300);
+    expect(credit.grant(301)).toBe(false);
+    expect(credit.grant(300)).toBe(true);
+    const window = new ReceiveWindow(1000);
+    expect(window.receive(1000)).toBe(true);
+    expect(window.receive(1)).toBe(false);
+  });
+});
+
+describe("what the agent reads on the provider's machine", () => {
+  it("validates Jupyter's answers, cloudflared's metrics and the state file", () => {
+    expect(JupyterStatusSchema.safeParse({ last_activity: "2026-12-02T00:00:00Z", connections: 1, kernels: 0, started: "x" }).success).toBe(true);
+    expect(JupyterStatusSchema.safeParse({ last_activity: "x", connections: -1, kernels: 0 }).success).toBe(false);
+    expect(JupyterKernelsSchema.safeParse([{ execution_state: "busy", connections: 1, id: "k" }]).success).toBe(true);
+    expect(JupyterKernelsSchema.safeParse({ execution_state: "busy" }).success).toBe(false);
+    expect(QuickTunnelMetricsSchema.safeParse({ hostname: "a-b.trycloudflare.com" }).success).toBe(true);
+    expect(QuickTunnelMetricsSchema.safeParse({ hostname: 7 }).success).toBe(false);
+    const state = { sessionId: "s", sessionSecret: "x", jupyterToken: "t", containerId: "c", hostPort: 1, basePath: "/", tunnel: "relay", workspaceDir: "/w" };
+    expect(AgentSessionStateSchema.safeParse(state).success).toBe(true);
+    expect(AgentSessionStateSchema.safeParse({ ...state, tunnel: "ssh" }).success).toBe(false);
   });
 });

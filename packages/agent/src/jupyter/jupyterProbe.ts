@@ -1,15 +1,7 @@
-import { z } from "zod";
-import type { Secret } from "@runit/protocol";
+import { JupyterKernelsSchema, JupyterStatusSchema, type Secret } from "@runit/protocol";
 
 /** The fetch the probes use (injected; tests may pass a fake). */
 export type FetchLike = typeof fetch;
-
-const StatusSchema = z.object({
-  last_activity: z.string(),
-  connections: z.number().int().nonnegative(),
-  kernels: z.number().int().nonnegative(),
-});
-const KernelsSchema = z.array(z.object({ execution_state: z.string(), connections: z.number().optional() }));
 
 /** Jupyter's own view of its activity. */
 export interface JupyterActivity {
@@ -39,8 +31,8 @@ async function getJson(fetchFn: FetchLike, url: string, token: Secret, timeoutMs
  * `no_track_activity=1` keeps /api/kernels from counting as use.
  */
 export async function readJupyterActivity(fetchFn: FetchLike, port: number, basePath: string, token: Secret): Promise<JupyterActivity> {
-  const status = StatusSchema.parse(await getJson(fetchFn, apiUrl(port, basePath, "api/status"), token, 5000));
-  const kernels = KernelsSchema.parse(await getJson(fetchFn, apiUrl(port, basePath, "api/kernels?no_track_activity=1"), token, 5000));
+  const status = JupyterStatusSchema.parse(await getJson(fetchFn, apiUrl(port, basePath, "api/status"), token, 5000));
+  const kernels = JupyterKernelsSchema.parse(await getJson(fetchFn, apiUrl(port, basePath, "api/kernels?no_track_activity=1"), token, 5000));
   return {
     lastActivity: status.last_activity,
     connections: status.connections,

@@ -1,3 +1,5 @@
+import { QuickTunnelMetricsSchema } from "@runit/protocol";
+
 /** A quick-tunnel host: one DNS label under trycloudflare.com, never the API host. */
 const QUICK_TUNNEL_HOST = /^(?!api\.)[a-z0-9]+(?:-[a-z0-9]+)*\.trycloudflare\.com$/;
 
@@ -20,7 +22,6 @@ export function parseQuickTunnelUrl(log: string): string | undefined {
 
 /** Turns the `/quicktunnel` JSON reply (`{"hostname":"x.trycloudflare.com"}`) into a URL, if valid. */
 export function quickTunnelUrlFromMetrics(body: unknown): string | undefined {
-  if (typeof body !== "object" || body === null) return undefined;
-  const host = (body as { hostname?: unknown }).hostname;
-  return typeof host === "string" && isQuickTunnelHost(host) ? `https://${host.toLowerCase()}` : undefined;
+  const parsed = QuickTunnelMetricsSchema.safeParse(body);
+  return parsed.success && isQuickTunnelHost(parsed.data.hostname) ? `https://${parsed.data.hostname.toLowerCase()}` : undefined;
 }
