@@ -1,7 +1,7 @@
 // The renter page's pure decisions, without a browser: how long to wait after 429, how the lock
 // keeper paces itself, and how a listed session is shown.
 import { describe, expect, it } from "vitest";
-import { nextHeartbeatDelay } from "../packages/control-plane/public/lockKeeper.js";
+import { nextHeartbeatDelay, retryDelay } from "../packages/control-plane/public/lockKeeper.js";
 import { RENTER_HEARTBEAT_INTERVAL_MS, retryAfterSeconds, type SessionRow } from "../packages/control-plane/public/renterApi.js";
 import { displayStatus, formatMemory } from "../packages/control-plane/public/sessionList.js";
 
@@ -30,6 +30,17 @@ describe("nextHeartbeatDelay", () => {
     expect(nextHeartbeatDelay(8_000, 0)).toBe(2_666);
     expect(nextHeartbeatDelay(1_000, 0)).toBe(500);
     expect(nextHeartbeatDelay(0, 5_000)).toBe(500);
+  });
+});
+
+describe("retryDelay", () => {
+  it("retries soon, or after Retry-After, but never later than 3 s before the lock lapses", () => {
+    expect(retryDelay(60_000, 0, 0)).toBe(2_000);
+    expect(retryDelay(60_000, 0, 10_000)).toBe(10_000);
+    // A 429 with Retry-After 60 s against a lock that lapses in 60 s: the last chance, 57 s.
+    expect(retryDelay(60_000, 0, 60_000)).toBe(57_000);
+    expect(retryDelay(60_000, 50_000, 60_000)).toBe(7_000);
+    expect(retryDelay(60_000, 58_000, 60_000)).toBe(500);
   });
 });
 

@@ -20,6 +20,21 @@ export interface LockKeeperEvents {
 
 const MIN_DELAY_MS = 500;
 
+/** How long before the lock lapses a refused heartbeat is tried again at the latest. */
+const LAST_TRY_MARGIN_MS = 3_000;
+
+/**
+ * The delay before trying again after a heartbeat that failed without losing the lock (network,
+ * 429): soon (at most 2 s), or when the server's Retry-After says, but never past the last
+ * moment the lock can still be saved. A Retry-After of 60 s against a 60 s lock would otherwise
+ * let the lock lapse, and the session end, while the page waits politely.
+ */
+export function retryDelay(lockExpiresAt: number, now: number, retryAfterMs: number): number {
+  const soon = Math.min(nextHeartbeatDelay(lockExpiresAt, now), 2_000);
+  const lastChance = lockExpiresAt - now - LAST_TRY_MARGIN_MS;
+  return Math.max(MIN_DELAY_MS, Math.min(Math.max(soon, retryAfterMs), lastChance));
+}
+
 /** The delay before the next heartbeat, given when the lock lapses. */
 export function nextHeartbeatDelay(lockExpiresAt: number, now: number): number {
   const left = lockExpiresAt - now;
@@ -79,8 +94,7 @@ export class LockKeeper {
       if (error.kind === "network" || error.kind === "rate-limited" || error.kind === "other") {
         this.events.onTrouble(error);
         const wait = error.retryAfterSeconds !== undefined ? error.retryAfterSeconds * 1000 : 0;
-        const soon = Math.min(nextHeartbeatDelay(this.lockExpiresAt, Date.now()), 2_000);
-        this.schedule(Math.max(soon, wait));
+        this.schedule(retryDelay(this.lockExpiresAt, Date.now(), wait));
         return;
       }
       this.stop();

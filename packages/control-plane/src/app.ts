@@ -10,7 +10,7 @@ import type { ServerConfig } from "./config.js";
 import { errorHandler, notFound, sendError } from "./httpErrors.js";
 import { createLogger, type LineWriter, type Logger } from "./logger.js";
 import { createMetrics, type Metrics } from "./metrics.js";
-import { createRateLimiter } from "./rateLimits.js";
+import { createRateLimiter, type RouteClass } from "./rateLimits.js";
 import { originPolicy, type OriginAllowed } from "./originPolicy.js";
 import { createRenterPageRouter } from "./renterPage.js";
 import { createOperatorRoutes } from "./routes/operator.js";
@@ -96,10 +96,10 @@ export function createApp(deps: AppDeps): RunitApp {
   app.use(corsFor(config.corsOrigins, originAllowed, securityLog, clientIp));
   app.use(express.json({ limit: config.maxJsonBodyBytes, strict: true }));
 
-  const limiter = (routeClass: "registration" | "provider" | "renter") =>
+  const limiter = (routeClass: RouteClass) =>
     createRateLimiter({
       routeClass,
-      setting: config.rateLimits[routeClass],
+      setting: config.rateLimits[routeClass === "renter-lock" ? "renter" : routeClass],
       clientIp,
       securityLog,
       onLimited: (c) => metrics.rateLimited.inc({ class: c }),
@@ -120,6 +120,7 @@ export function createApp(deps: AppDeps): RunitApp {
       isHttps: (req) => isHttpsRequest(req, config.trustProxy),
       sessionHost: (req) => (config.sessionOrigin ? sessionHostOf(config.sessionOrigin, req) : undefined),
       renterLimiter: limiter("renter"),
+      lockLimiter: limiter("renter-lock"),
     }),
   );
   app.use(createRenterPageRouter());

@@ -4,8 +4,12 @@ import { ipKeyGenerator, rateLimit } from "express-rate-limit";
 import type { RateLimitSetting } from "./config.js";
 import type { SecurityLog } from "./securityLog.js";
 
-/** The rate-limited route classes. */
-export type RouteClass = "registration" | "provider" | "renter";
+/**
+ * The rate-limited route classes. `renter-lock` (renter heartbeat and release) has the renter
+ * class's numbers but a budget of its own: a page's list polling must never starve the heartbeat
+ * that keeps its lock, or a 429 would end the session it is holding.
+ */
+export type RouteClass = "registration" | "provider" | "renter" | "renter-lock";
 
 /**
  * A per-client-IP limiter for one route class, sending the IETF draft-8 `RateLimit` and

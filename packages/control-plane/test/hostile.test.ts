@@ -210,6 +210,26 @@ describe("rate limits and client IP", () => {
     expect(server.events("RATE_LIMIT_EXCEEDED").map((e) => e.ip)).toEqual(["127.0.0.1"]);
   });
 
+  it("list polling cannot starve the renter heartbeat: heartbeat and release have a budget of their own", async () => {
+    const server = await startTestServer({ rateLimits: { ...generous, renter: { max: 3, windowMs: 60_000 } } });
+    const { sessionId } = await registerSession(server);
+    const connect = await call(server.url, "POST", `/renter/sessions/${sessionId}/connect`);
+    expect(connect.status).toBe(201);
+    const token = (connect.json as { accessToken: string }).accessToken;
+    const { rememberSecret } = await import("./harness.js");
+    rememberSecret(token);
+    // Connect and two polls use up the renter budget (3): the page's next poll is refused...
+    expect((await call(server.url, "GET", "/renter/sessions")).status).toBe(200);
+    expect((await call(server.url, "GET", "/renter/sessions")).status).toBe(200);
+    expect((await call(server.url, "GET", "/renter/sessions")).status).toBe(429);
+    // ...while the heartbeats that keep the lock still pass, up to their own budget.
+    const beats = [];
+    for (let i = 0; i < 3; i++) beats.push((await call(server.url, "POST", `/renter/heartbeat/${token}`)).status);
+    expect(beats).toEqual([200, 200, 200]);
+    expect((await call(server.url, "POST", `/renter/heartbeat/${token}`)).status).toBe(429);
+    expect(server.events("RATE_LIMIT_EXCEEDED").map((e) => e.routeClass)).toEqual(["renter", "renter-lock"]);
+  });
+
   it("with RUNIT_TRUST_PROXY set to a CIDR, the client IP comes from X-Forwarded-For across trusted hops only", async () => {
     const server = await startTestServer({
       rateLimits: generous,

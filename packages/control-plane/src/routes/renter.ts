@@ -9,6 +9,8 @@ export function createRenterRoutes(deps: {
   /** The session whose own host a request came to (per-session origins), or undefined. */
   sessionHost: (req: Request) => string | undefined;
   renterLimiter: RequestHandler;
+  /** Renter heartbeat and release: the same numbers, a budget of their own (see RouteClass). */
+  lockLimiter: RequestHandler;
 }): Router {
   const router = Router();
   const { sessions, clientIp } = deps;
@@ -16,7 +18,8 @@ export function createRenterRoutes(deps: {
     res.setHeader("Cache-Control", "no-store");
     next();
   };
-  router.use(["/renter/sessions", "/renter/heartbeat", "/renter/release", "/access"], deps.renterLimiter, noStore);
+  router.use(["/renter/sessions", "/access"], deps.renterLimiter, noStore);
+  router.use(["/renter/heartbeat", "/renter/release"], deps.lockLimiter, noStore);
   router.get("/renter/sessions", (_req, res) => {
     res.json(sessions.listForRenters());
   });
