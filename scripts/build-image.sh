@@ -69,8 +69,11 @@ fi
 
 log "docker build $IMAGE from $CONTEXT (base $BASE)..."
 start=$(date +%s)
+# The build's own status counts (pipefail): with --force an older image carries the same hash
+# label, so the label check below alone would pass a failed rebuild.
 DOCKER_BUILDKIT=0 docker build --build-arg "BASE_IMAGE=$BASE" \
-  --label "runit.image-hash=$hash" -t "$IMAGE" "$CONTEXT" 2>&1 | sed -u 's/^/[image] /' || true
+  --label "runit.image-hash=$hash" -t "$IMAGE" "$CONTEXT" 2>&1 | sed -u 's/^/[image] /' \
+  || die "docker build of $IMAGE failed (see the lines above)"
 docker image inspect --format '{{ index .Config.Labels "runit.image-hash" }}' "$IMAGE" 2>/dev/null | grep -qx "$hash" \
   || die "docker build of $IMAGE failed (see the lines above)"
 log "$IMAGE built in $(( $(date +%s) - start )) s"

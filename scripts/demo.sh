@@ -14,6 +14,10 @@ ROOT=$(pwd)
 DATA_DIR="$ROOT/data"
 LOG_DIR="$DATA_DIR/logs"
 export RUNIT_DB="${RUNIT_DB:-$DATA_DIR/demo.db}"
+# Loopback only, as printed below: the demo is not for the LAN.
+export RUNIT_HOST="${RUNIT_HOST:-127.0.0.1}"
+# The demo's agent name: Ctrl-C removes this agent's containers only, not another agent's.
+AGENT_NAME=demo
 WAIT_SECONDS="${DEMO_WAIT_SECONDS:-300}"
 CP_PID=""
 AGENT_PID=""
@@ -57,13 +61,13 @@ cleanup() {
   stop_pid "$TAIL_PID" 2
   if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     local left
-    left=$(docker ps -aq --filter label=runit.managed=true)
+    left=$(docker ps -aq --filter label=runit.managed=true --filter "label=runit.agent=$AGENT_NAME")
     if [ -n "$left" ]; then
       say "removing containers the agent left behind: $(echo "$left" | tr '\n' ' ')"
       # shellcheck disable=SC2086
       docker rm -f $left >/dev/null || true
     fi
-    say "RUNIT containers left: $(docker ps -aq --filter label=runit.managed=true | wc -l)"
+    say "RUNIT containers of this demo left: $(docker ps -aq --filter label=runit.managed=true --filter "label=runit.agent=$AGENT_NAME" | wc -l)"
   fi
   say "stopped. Logs are in $LOG_DIR/"
   exit "$status"
@@ -116,7 +120,7 @@ say "control plane answers at $BASE"
 
 say "6/6 starting one agent (provider key created as 'demo')"
 # The key goes in the environment, not on the command line where `ps` would show it.
-RUNIT_PROVIDER_KEY="$KEY" "${DETACH[@]}" "${AGENT[@]}" start --server "$BASE" \
+RUNIT_PROVIDER_KEY="$KEY" "${DETACH[@]}" "${AGENT[@]}" start --server "$BASE" --name "$AGENT_NAME" \
   --workspace-root "$DATA_DIR/workspace" >"$LOG_DIR/agent.log" 2>&1 &
 AGENT_PID=$!
 say "waiting for the agent's first session (up to ${WAIT_SECONDS}s)..."

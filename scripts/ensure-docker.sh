@@ -3,6 +3,8 @@
 # Debian's docker.io when dockerd is missing and start dockerd in the background.
 # Fails loudly when no engine can be had: Docker tests are never skipped silently.
 set -euo pipefail
+# Under a plain `su`, PATH lacks the sbin directories where dockerd and iptables live.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 engine_answers() { docker info >/dev/null 2>&1; }
 
@@ -34,9 +36,19 @@ if ! command -v dockerd >/dev/null 2>&1; then
 fi
 log=/var/log/runit-dockerd.log
 echo "[docker] starting dockerd (log: $log)..."
-nohup dockerd >"$log" 2>&1 &
+# In a session of its own: dockerd handles SIGINT itself, so in the caller's process group a
+# Ctrl-C of ./scripts/demo.sh would stop the engine while the agent is still removing containers.
+DETACH=()
+if command -v setsid >/dev/null 2>&1; then DETACH=(setsid); fi
+"${DETACH[@]}" nohup dockerd </dev/null >"$log" 2>&1 &
+dockerd_pid=$!
 for _ in $(seq 1 60); do
   if engine_answers; then echo "[docker] engine answers"; exit 0; fi
+  if ! kill -0 "$dockerd_pid" 2>/dev/null; then
+    echo "[docker] dockerd exited; last log lines:" >&2
+    tail -20 "$log" >&2 || true
+    exit 1
+  fi
   sleep 1
 done
 echo "[docker] dockerd did not answer within 60 s; last log lines:" >&2
