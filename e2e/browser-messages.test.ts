@@ -182,6 +182,14 @@ describe("the renter page's messages", () => {
     await page.reload();
     await page.locator("#alert").getByText("IP mismatch - access denied").waitFor({ timeout: 15_000 });
     expect(page.url()).toBe(`${cp.server.url}/renter`);
+    // An address may change back (VPN, another network): the page keeps the lock it cannot renew
+    // from here, and keeps trying, until the server says the lock is gone.
+    expect(await page.locator("#lock-panel").isVisible()).toBe(true);
+    expect(await page.evaluate(() => sessionStorage.getItem("runit.renter.lock"))).toContain(String(taken.json.accessToken));
+    const released = await call(cp, "POST", `/renter/release/${String(taken.json.accessToken)}`, { from: "127.0.0.2" });
+    expect(released.status).toBe(200);
+    await page.locator("#alert").getByText("Invalid or expired token").waitFor({ timeout: 15_000 });
+    expect(await page.locator("#lock-panel").isHidden()).toBe(true);
     await page.close();
   });
 

@@ -14,7 +14,7 @@ export interface LockKeeperEvents {
    * when the last accepted heartbeat said it would lapse: a lock lost before then did not lapse.
    */
   onLost(error: ApiError, lockExpiresAt: number): void;
-  /** A heartbeat failed but the lock may still stand (network, 429); the keeper retries. */
+  /** A heartbeat failed but the lock may still stand (network, 429, another address); the keeper retries. */
   onTrouble(error: ApiError): void;
 }
 
@@ -91,7 +91,10 @@ export class LockKeeper {
     } catch (err) {
       if (this.stopped) return;
       const error = err instanceof ApiError ? err : new ApiError("other", 0, String(err));
-      if (error.kind === "network" || error.kind === "rate-limited" || error.kind === "other") {
+      // An address that changed (VPN, another network) may change back: the lock is bound to the
+      // address it was taken from and stands until it lapses, so keep trying until the server
+      // says it is gone, rather than forgetting a lock the renter could still keep.
+      if (error.kind === "network" || error.kind === "rate-limited" || error.kind === "other" || error.kind === "ip-mismatch") {
         this.events.onTrouble(error);
         const wait = error.retryAfterSeconds !== undefined ? error.retryAfterSeconds * 1000 : 0;
         this.schedule(retryDelay(this.lockExpiresAt, Date.now(), wait));

@@ -230,7 +230,7 @@ class RenterPage {
       this.showNotice("Session released. The provider is preparing a fresh session.");
     } catch (err) {
       const error = asApiError(err);
-      if (error.kind === "network" || error.kind === "rate-limited" || error.kind === "other") {
+      if (error.kind === "network" || error.kind === "rate-limited" || error.kind === "other" || error.kind === "ip-mismatch") {
         this.hold(lock, Date.now() + 5_000, 0);
       } else {
         this.drop();
