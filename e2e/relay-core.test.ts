@@ -50,6 +50,15 @@ describe("relay tunnel core", () => {
     expect(cp.sessions.events.some((e) => e.event === "RELAY_ACCESS_DENIED")).toBe(true);
   });
 
+  it("lets a planted runit_access cookie sent first not lock the renter out, and refuses planted ones alone", async () => {
+    // Another page of the origin (or of the site) can set a same-named cookie with a longer path,
+    // which the browser sends before the real one.
+    const planted = await fetchRaw(cp.port, `${BASE}api/status`, { headers: { Cookie: `runit_access=planted-by-another-page; ${COOKIE.Cookie}` } });
+    expect(planted.status).toBe(200);
+    const onlyPlanted = await fetchRaw(cp.port, `${BASE}api/status`, { headers: { Cookie: "runit_access=planted-1; runit_access=planted-2" } });
+    expect(onlyPlanted.status).toBe(403);
+  });
+
   it("refuses the right cookie from another IP (127.0.0.2) with 403", async () => {
     const res = await fetchRaw(cp.port, `${BASE}api/status`, { headers: COOKIE, localAddress: "127.0.0.2" });
     expect(res.status).toBe(403);

@@ -111,19 +111,28 @@ export function withoutHeader(headers: string[], lowerName: string): string[] {
   return out;
 }
 
-/** The value of one cookie in a Cookie header, or undefined. */
-export function readCookie(header: string | undefined, name: string): string | undefined {
-  if (!header) return undefined;
+/** How many cookies of one name are looked at (a browser sends one per path and domain). */
+const MAX_SAME_NAME_COOKIES = 4;
+
+/**
+ * The values of the cookies named `name` in a Cookie header, in the order sent (at most four).
+ * All of them, not the first: a page on another path of the control plane's origin, or on
+ * another host of the same site, can set a cookie of the same name with a longer path, which the
+ * browser then sends first; taking only the first would let it lock the renter out.
+ */
+export function readCookies(header: string | undefined, name: string): string[] {
+  const values: string[] = [];
+  if (!header) return values;
   for (const part of header.split(";")) {
     const eq = part.indexOf("=");
-    if (eq < 0) continue;
-    if (part.slice(0, eq).trim() !== name) continue;
+    if (eq < 0 || part.slice(0, eq).trim() !== name) continue;
     const value = part.slice(eq + 1).trim();
     try {
-      return decodeURIComponent(value);
+      values.push(decodeURIComponent(value));
     } catch {
-      return value;
+      values.push(value);
     }
+    if (values.length === MAX_SAME_NAME_COOKIES) break;
   }
-  return undefined;
+  return values;
 }

@@ -6,7 +6,7 @@ import { writeJsonError } from "../httpErrors.js";
 import { foreignRelayRequest } from "../originPolicy.js";
 import { rawResponseHead, writeRawError } from "./rawHttp.js";
 import { MalformedResponseError, ResponseTimeoutError, type JupyterExchange } from "./jupyterConnections.js";
-import { readCookie, responseHeadersForRenter, upstreamRequest, withoutHeader } from "./relayHeaders.js";
+import { readCookies, responseHeadersForRenter, upstreamRequest, withoutHeader } from "./relayHeaders.js";
 import type { RelayMeter } from "./relayMeter.js";
 import type { TunnelHub } from "./tunnelHub.js";
 import type { RelayContext } from "./types.js";
@@ -90,10 +90,16 @@ export class RenterRelay {
       this.ctx.securityLog("CORS_ORIGIN_DENIED", { sessionId, ip, reason: foreign, origin, method: req.method, upgrade });
       return new RunitError("CORS_ORIGIN_DENIED");
     }
-    const token = readCookie(req.headers.cookie, RELAY_COOKIE_NAME);
+    // Every runit_access cookie sent counts: one planted with a longer path comes first.
+    const tokens = readCookies(req.headers.cookie, RELAY_COOKIE_NAME);
+    let refusal: RunitError | undefined;
     try {
-      const answer = this.ctx.sessions.authorizeRelay(sessionId, token, ip);
-      return answer.ok ? undefined : answer.error;
+      for (const token of tokens.length > 0 ? tokens : [undefined]) {
+        const answer = this.ctx.sessions.authorizeRelay(sessionId, token, ip);
+        if (answer.ok) return undefined;
+        refusal = answer.error;
+      }
+      return refusal;
     } catch (err) {
       return toRunitError(err);
     }
