@@ -108,6 +108,7 @@ export async function cleanupDocker(agentName: string, network: string): Promise
     const rules = [
       ["INPUT", "-i", bridge, "-j", "RUNIT-SESSIONS-INPUT"],
       ["DOCKER-USER", "-i", bridge, "-o", bridge, "-j", "DROP"],
+      ["DOCKER-USER", "-i", bridge, "-j", "RUNIT-SESSIONS-EGRESS"],
     ];
     for (const [chain, ...rule] of rules) await run("iptables", ["-w", "-D", chain!, ...rule]).catch(() => undefined);
     await run("ip6tables", ["-w", "-D", "INPUT", "-i", bridge, "-j", "RUNIT-SESSIONS-INPUT"]).catch(() => undefined);

@@ -23,5 +23,5 @@ export type { SessionTunnel, TunnelAttachment, TunnelEvent, TunnelFactory, Tunne
 export { createSessionWorkspace, purgeOldWorkspaces } from "./workspace.js";
 export { runDoctor, type DoctorCheck } from "./doctor.js";
 export { readJupyterActivity, waitForJupyter } from "./jupyter/jupyterProbe.js";
-export { isolateSessionNetwork, releaseSessionNetwork, SessionFirewallError, SESSION_INPUT_CHAIN } from "./docker/sessionFirewall.js";
+export { isolateSessionNetwork, releaseSessionNetwork, SessionFirewallError, SESSION_EGRESS_CHAIN, SESSION_INPUT_CHAIN } from "./docker/sessionFirewall.js";
 export { tuneGcForRelay } from "@runit/relay-link";

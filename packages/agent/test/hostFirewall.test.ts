@@ -5,7 +5,7 @@ import type Docker from "dockerode";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { asSecret } from "@runit/protocol";
 import { hardenedContainerSpec } from "../src/docker/hardenedSpec.js";
-import { isolateSessionNetwork, releaseSessionNetwork, type CommandRunner } from "../src/docker/sessionFirewall.js";
+import { execFileRunner, isolateSessionNetwork, releaseSessionNetwork, type CommandRunner } from "../src/docker/sessionFirewall.js";
 import { startSessionContainer, type RunningContainer } from "../src/docker/sessionContainer.js";
 import { ensureSessionNetwork } from "../src/docker/sessionNetwork.js";
 import { waitForJupyter } from "../src/jupyter/jupyterProbe.js";
@@ -15,7 +15,9 @@ import { cleanupDocker, dockerExec, requireDocker, testIdentity } from "./docker
 
 // A session container must not open connections to the provider host: without the rules, a
 // service the host exposes on its bridge address answers the notebook; with them, it cannot,
-// while the host still reaches Jupyter through the published loopback port.
+// while the host still reaches Jupyter through the published loopback port. Forwarded traffic to
+// private and link-local destinations (cloud metadata, the provider's LAN) is checked by listing
+// the real rules: these tests never send a packet to a non-loopback address.
 const id = testIdentity("fw");
 const sessionId = randomUUID();
 const token = asSecret(randomBytes(32).toString("base64url"));
@@ -24,6 +26,23 @@ let running: RunningContainer;
 let hostService: Server;
 let gateway = "";
 let firewalled = false;
+let bridge = "";
+
+/** `iptables -S <chain>`'s rule lines (`-A ...`), or null when the chain does not exist. */
+const listRules = async (tool: string, chain: string): Promise<string[] | null> => {
+  const listed = await execFileRunner(tool, ["-w", "-S", chain]);
+  return listed.code === 0 ? listed.stdout.split("\n").filter((line) => line.startsWith("-A ")) : null;
+};
+const hasRule = async (tool: string, chain: string, rule: string[]): Promise<boolean> =>
+  (await execFileRunner(tool, ["-w", "-C", chain, ...rule])).code === 0;
+
+// The exact egress chain: replies pass, DNS passes (Docker's resolver dials from the container's
+// namespace), everything else to these destinations is dropped.
+const egressHead = ["-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN", "-p udp -m udp --dport 53 -j RETURN", "-p tcp -m tcp --dport 53 -j RETURN"];
+const blockedV4 = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "168.63.129.16/32", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4"];
+const blockedV6 = ["fc00::/7", "fe80::/10", "ff00::/8"];
+const egressChain = (blocked: string[]): string[] =>
+  [...egressHead, ...blocked.map((cidr) => `-d ${cidr} -j DROP`)].map((rule) => `-A RUNIT-SESSIONS-EGRESS ${rule}`);
 
 beforeAll(async () => {
   docker = await requireDocker();
@@ -61,6 +80,8 @@ describe("host firewall of the session network", () => {
     const result = await isolateSessionNetwork(docker, id.network);
     firewalled = true;
     expect(result.bridge).toMatch(/^br-[0-9a-f]{12}$/);
+    bridge = result.bridge;
+    expect(result.added).toContain(`iptables -I DOCKER-USER 1 -i ${bridge} -j RUNIT-SESSIONS-EGRESS`);
     expect((await probe()).stdout.trim()).toMatch(/^blocked (URLError|ConnectionRefusedError|TimeoutError|socket.timeout)/);
   });
 
@@ -69,13 +90,50 @@ describe("host firewall of the session network", () => {
     expect(res.status).toBe(200);
   });
 
+  it("drops new forwarded connections from the bridge to metadata and private networks, before Docker's ACCEPT", async () => {
+    expect(await listRules("iptables", "RUNIT-SESSIONS-EGRESS")).toEqual(egressChain(blockedV4));
+    const dockerUser = (await listRules("iptables", "DOCKER-USER")) ?? [];
+    const jump = dockerUser.indexOf(`-A DOCKER-USER -i ${bridge} -j RUNIT-SESSIONS-EGRESS`);
+    expect(jump).toBeGreaterThanOrEqual(0);
+    expect(dockerUser.indexOf(`-A DOCKER-USER -i ${bridge} -o ${bridge} -j DROP`)).toBeGreaterThanOrEqual(0);
+    const docked = dockerUser.indexOf("-A DOCKER-USER -j RETURN");
+    if (docked >= 0) expect(jump).toBeLessThan(docked);
+    // FORWARD reaches DOCKER-USER before any of Docker's `-i <bridge> ! -o <bridge> -j ACCEPT`.
+    expect((await listRules("iptables", "FORWARD"))?.[0]).toBe("-A FORWARD -j DOCKER-USER");
+  });
+
+  it("adds the IPv6 egress chain when Docker manages ip6tables, and says so when it does not", async () => {
+    const again = await isolateSessionNetwork(docker, id.network);
+    if ((await listRules("ip6tables", "DOCKER-USER")) === null) {
+      expect(again.ipv6Skipped).toBe(true);
+      expect(await hasRule("ip6tables", "DOCKER-USER", ["-i", bridge, "-j", "RUNIT-SESSIONS-EGRESS"])).toBe(false);
+      return;
+    }
+    expect(again.ipv6Skipped).toBe(false);
+    expect(await listRules("ip6tables", "RUNIT-SESSIONS-EGRESS")).toEqual(egressChain(blockedV6));
+    expect(await hasRule("ip6tables", "DOCKER-USER", ["-i", bridge, "-j", "RUNIT-SESSIONS-EGRESS"])).toBe(true);
+  });
+
   it("is idempotent: a second run adds nothing", async () => {
+    const before = await listRules("iptables", "DOCKER-USER");
     const again = await isolateSessionNetwork(docker, id.network);
     expect(again.added).toEqual([]);
+    expect(await listRules("iptables", "DOCKER-USER")).toEqual(before);
+    expect(await listRules("iptables", "RUNIT-SESSIONS-EGRESS")).toEqual(egressChain(blockedV4));
   });
 
   it("fails with the failing command when iptables cannot be used", async () => {
     const refuse: CommandRunner = async () => ({ code: 4, stdout: "", stderr: "iptables: Permission denied (you must be root)." });
     await expect(isolateSessionNetwork(docker, id.network, refuse)).rejects.toThrow(/iptables -w -N RUNIT-SESSIONS-INPUT failed \(4\): iptables: Permission denied/);
+  });
+
+  it("release removes the bridge's jumps and keeps the shared chains", async () => {
+    await releaseSessionNetwork(docker, id.network);
+    firewalled = false;
+    expect(await hasRule("iptables", "INPUT", ["-i", bridge, "-j", "RUNIT-SESSIONS-INPUT"])).toBe(false);
+    expect(await hasRule("iptables", "DOCKER-USER", ["-i", bridge, "-o", bridge, "-j", "DROP"])).toBe(false);
+    expect(await hasRule("iptables", "DOCKER-USER", ["-i", bridge, "-j", "RUNIT-SESSIONS-EGRESS"])).toBe(false);
+    expect(await hasRule("ip6tables", "DOCKER-USER", ["-i", bridge, "-j", "RUNIT-SESSIONS-EGRESS"])).toBe(false);
+    expect(await listRules("iptables", "RUNIT-SESSIONS-EGRESS")).toEqual(egressChain(blockedV4));
   });
 });

@@ -11,9 +11,49 @@ import type Docker from "dockerode";
 // (the agent and docker-proxy reaching Jupyter), and refuses every new one. A second rule in
 // DOCKER-USER drops bridge-to-same-bridge forwarding, so isolation holds even when the network
 // was created by someone else with inter-container traffic on.
+//
+// Forwarded traffic (to anything that is not the host) is Docker's `-i <bridge> ! -o <bridge>
+// -j ACCEPT`: the Internet, but also cloud metadata (169.254.169.254 hands out the instance's
+// credentials) and the provider's whole LAN. So a third jump, in DOCKER-USER (FORWARD jumps there
+// before any Docker rule), sends the bridge's traffic through RUNIT-SESSIONS-EGRESS, which drops
+// new connections to link-local, private and reserved destinations. Internet egress still works,
+// even through a gateway with a private address: forwarded packets carry the public destination.
+// DNS (port 53) is let through: Docker's embedded resolver (127.0.0.11) dials non-loopback
+// upstream servers from INSIDE the container's network namespace, so its queries leave through
+// this bridge, and those servers are usually private (the LAN router, a VPC resolver; on GCP it
+// is 169.254.169.254, on Azure 168.63.129.16). The price: a renter can reach port 53 of private
+// hosts. Published Jupyter ports are unaffected: docker-proxy connects host→container, and the
+// replies go back through INPUT (RELATED,ESTABLISHED), not FORWARD.
 
 /** Chain that the INPUT jump of each session bridge leads to. */
 export const SESSION_INPUT_CHAIN = "RUNIT-SESSIONS-INPUT";
+
+/** Chain that the DOCKER-USER jump of each session bridge leads to (forwarded traffic). */
+export const SESSION_EGRESS_CHAIN = "RUNIT-SESSIONS-EGRESS";
+
+type Tool = "iptables" | "ip6tables";
+
+// Destinations a session must not open connections to. Link-local: cloud metadata and the
+// instance's own link. RFC 1918 and CGNAT: the provider's LAN, other Docker networks, VPNs
+// (Tailscale uses 100.64/10) and Alibaba Cloud's metadata (100.100.100.200). The rest are never
+// a public Internet destination: "this network", benchmarking (some VPNs and proxies hand it out
+// locally), multicast, reserved/broadcast. 168.63.129.16 is public but only answers inside Azure:
+// the WireServer, which serves VM agent and extension configuration. Loopback and the host's own
+// addresses are absent on purpose: they are local, so they go through INPUT, not FORWARD.
+const BLOCKED_V4 = [
+  "0.0.0.0/8",
+  "10.0.0.0/8",
+  "100.64.0.0/10",
+  "168.63.129.16/32",
+  "169.254.0.0/16",
+  "172.16.0.0/12",
+  "192.168.0.0/16",
+  "198.18.0.0/15",
+  "224.0.0.0/4",
+  "240.0.0.0/4",
+];
+// Unique local (incl. AWS metadata fd00:ec2::254), link-local, multicast.
+const BLOCKED_V6 = ["fc00::/7", "fe80::/10", "ff00::/8"];
 
 /** Result of one command: exit code and output. */
 export interface CommandResult {
@@ -48,7 +88,10 @@ export interface SessionFirewallResult {
   bridge: string;
   /** Rules that were missing and were added (empty when everything was already in place). */
   added: string[];
-  /** ip6tables could not be used (IPv6 rules absent; containers get no IPv6 by default). */
+  /**
+   * Some IPv6 rules are absent: ip6tables could not be used, or there is no IPv6 DOCKER-USER chain
+   * (Docker's ip6tables off), so no IPv6 egress chain. Containers get no IPv6 by default.
+   */
   ipv6Skipped: boolean;
 }
 
@@ -69,30 +112,57 @@ export async function bridgeInterfaceOf(docker: Docker, network: string): Promis
 }
 
 /** The rules of the session input chain, in order, as `iptables -S` prints them. */
-function chainRules(): string[][] {
+function inputRules(): string[][] {
   return [
     ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"],
     ["-j", "REJECT"],
   ];
 }
 
-async function ensureChain(run: CommandRunner, tool: string, added: string[]): Promise<void> {
-  const listed = await run(tool, ["-w", "-S", SESSION_INPUT_CHAIN]);
-  const expected = chainRules();
-  const wanted = expected.map((rule) => `-A ${SESSION_INPUT_CHAIN} ${rule.join(" ")}`);
-  const current = listed.stdout.split("\n").filter((line) => line.startsWith(`-A ${SESSION_INPUT_CHAIN} `));
+/**
+ * The rules of the session egress chain, in order, as `iptables -S` prints them. Packets of
+ * established connections return at once (replies to a LAN client of a published port stay
+ * possible); everything else to a blocked destination (new connections, and invalid packets
+ * that Docker's ACCEPT would forward too) is dropped, except DNS (see the header).
+ */
+function egressRules(tool: Tool): string[][] {
+  const blocked = tool === "iptables" ? BLOCKED_V4 : BLOCKED_V6;
+  return [
+    ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"],
+    ["-p", "udp", "-m", "udp", "--dport", "53", "-j", "RETURN"],
+    ["-p", "tcp", "-m", "tcp", "--dport", "53", "-j", "RETURN"],
+    ...blocked.map((cidr) => ["-d", cidr, "-j", "DROP"]),
+  ];
+}
+
+/** Creates `chain`, or flushes and refills it when its rules are not exactly `expected`. */
+async function ensureChain(run: CommandRunner, tool: Tool, chain: string, expected: string[][], added: string[]): Promise<void> {
+  const listed = await run(tool, ["-w", "-S", chain]);
+  const wanted = expected.map((rule) => `-A ${chain} ${rule.join(" ")}`);
+  const current = listed.stdout.split("\n").filter((line) => line.startsWith(`-A ${chain} `));
   // iptables -S prints REJECT with its default reply spelled out.
   const normalised = current.map((line) => line.replace(" --reject-with icmp-port-unreachable", "").replace(" --reject-with icmp6-port-unreachable", ""));
   if (listed.code === 0 && normalised.join("\n") === wanted.join("\n")) return;
-  if (listed.code !== 0) await must(run, tool, ["-w", "-N", SESSION_INPUT_CHAIN]);
-  else await must(run, tool, ["-w", "-F", SESSION_INPUT_CHAIN]);
+  if (listed.code !== 0) await must(run, tool, ["-w", "-N", chain]);
+  else await must(run, tool, ["-w", "-F", chain]);
   for (const rule of expected) {
-    await must(run, tool, ["-w", "-A", SESSION_INPUT_CHAIN, ...rule]);
-    added.push(`${tool} -A ${SESSION_INPUT_CHAIN} ${rule.join(" ")}`);
+    await must(run, tool, ["-w", "-A", chain, ...rule]);
+    added.push(`${tool} -A ${chain} ${rule.join(" ")}`);
   }
 }
 
-async function ensureRule(run: CommandRunner, tool: string, chain: string, rule: string[], added: string[]): Promise<void> {
+/** The per-bridge jumps, as `[chain, rule]`, shared by install and release. */
+function inputJump(bridge: string): [string, string[]] {
+  return ["INPUT", ["-i", bridge, "-j", SESSION_INPUT_CHAIN]];
+}
+function sameBridgeDrop(bridge: string): [string, string[]] {
+  return ["DOCKER-USER", ["-i", bridge, "-o", bridge, "-j", "DROP"]];
+}
+function egressJump(bridge: string): [string, string[]] {
+  return ["DOCKER-USER", ["-i", bridge, "-j", SESSION_EGRESS_CHAIN]];
+}
+
+async function ensureRule(run: CommandRunner, tool: Tool, [chain, rule]: [string, string[]], added: string[]): Promise<void> {
   const check = await run(tool, ["-w", "-C", chain, ...rule]);
   if (check.code === 0) return;
   await must(run, tool, ["-w", "-I", chain, "1", ...rule]);
@@ -109,8 +179,9 @@ async function must(run: CommandRunner, tool: string, args: string[]): Promise<v
 
 /**
  * Installs, idempotently, the host rules that stop containers on `network` from opening
- * connections to the provider host or to each other. Needs root or CAP_NET_ADMIN; throws
- * SessionFirewallError (with the failing command) when the rules cannot be installed.
+ * connections to the provider host, to each other, and to private or link-local destinations
+ * (cloud metadata, the provider's LAN). Needs root or CAP_NET_ADMIN; throws
+ * SessionFirewallError (with the failing command) when the IPv4 rules cannot be installed.
  */
 export async function isolateSessionNetwork(
   docker: Docker,
@@ -120,21 +191,27 @@ export async function isolateSessionNetwork(
   const bridge = await bridgeInterfaceOf(docker, network);
   const added: string[] = [];
   try {
-    await ensureChain(run, "iptables", added);
-    await ensureRule(run, "iptables", "INPUT", ["-i", bridge, "-j", SESSION_INPUT_CHAIN], added);
+    await ensureChain(run, "iptables", SESSION_INPUT_CHAIN, inputRules(), added);
+    await ensureRule(run, "iptables", inputJump(bridge), added);
     const dockerUser = await run("iptables", ["-w", "-S", "DOCKER-USER"]);
     if (dockerUser.code !== 0) {
       throw new SessionFirewallError("iptables chain DOCKER-USER is missing: is Docker managing iptables (iptables=false)?");
     }
-    await ensureRule(run, "iptables", "DOCKER-USER", ["-i", bridge, "-o", bridge, "-j", "DROP"], added);
+    await ensureRule(run, "iptables", sameBridgeDrop(bridge), added);
+    await ensureChain(run, "iptables", SESSION_EGRESS_CHAIN, egressRules("iptables"), added);
+    await ensureRule(run, "iptables", egressJump(bridge), added);
   } catch (err) {
     if (err instanceof SessionFirewallError) throw err;
     throw new SessionFirewallError(`iptables could not be run: ${String(err)}`);
   }
   let ipv6Skipped = false;
   try {
-    await ensureChain(run, "ip6tables", added);
-    await ensureRule(run, "ip6tables", "INPUT", ["-i", bridge, "-j", SESSION_INPUT_CHAIN], added);
+    await ensureChain(run, "ip6tables", SESSION_INPUT_CHAIN, inputRules(), added);
+    await ensureRule(run, "ip6tables", inputJump(bridge), added);
+    // Without an IPv6 DOCKER-USER chain Docker does not manage IPv6 forwarding (ip6tables off).
+    if ((await run("ip6tables", ["-w", "-S", "DOCKER-USER"])).code !== 0) throw new SessionFirewallError("no IPv6 DOCKER-USER");
+    await ensureChain(run, "ip6tables", SESSION_EGRESS_CHAIN, egressRules("ip6tables"), added);
+    await ensureRule(run, "ip6tables", egressJump(bridge), added);
   } catch {
     ipv6Skipped = true;
   }
@@ -142,17 +219,19 @@ export async function isolateSessionNetwork(
 }
 
 /**
- * Removes the per-bridge rules `isolateSessionNetwork` added for `network` (the shared chain stays).
+ * Removes the per-bridge rules `isolateSessionNetwork` added for `network` (the shared chains stay).
  * For tests and operators that delete a session network; missing rules are fine.
  */
 export async function releaseSessionNetwork(docker: Docker, network: string, run: CommandRunner = execFileRunner): Promise<void> {
   const bridge = await bridgeInterfaceOf(docker, network);
-  const rules: Array<[string, string, string[]]> = [
-    ["iptables", "INPUT", ["-i", bridge, "-j", SESSION_INPUT_CHAIN]],
-    ["iptables", "DOCKER-USER", ["-i", bridge, "-o", bridge, "-j", "DROP"]],
-    ["ip6tables", "INPUT", ["-i", bridge, "-j", SESSION_INPUT_CHAIN]],
+  const rules: Array<[Tool, [string, string[]]]> = [
+    ["iptables", inputJump(bridge)],
+    ["iptables", sameBridgeDrop(bridge)],
+    ["iptables", egressJump(bridge)],
+    ["ip6tables", inputJump(bridge)],
+    ["ip6tables", egressJump(bridge)],
   ];
-  for (const [tool, chain, rule] of rules) {
+  for (const [tool, [chain, rule]] of rules) {
     for (let i = 0; i < 10 && (await run(tool, ["-w", "-C", chain, ...rule])).code === 0; i++) {
       await run(tool, ["-w", "-D", chain, ...rule]);
     }
