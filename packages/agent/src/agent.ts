@@ -1,10 +1,9 @@
 import { EventEmitter } from "node:events";
-import { mkdir } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import Docker from "dockerode";
 import { asSecret } from "@runit/protocol";
 import { ControlPlaneError, backoffDelay, createControlPlaneClient } from "./controlPlaneClient.js";
-import { removeContainer } from "./docker/sessionContainer.js";
+import { listAgentContainers, listMountSources, removeContainer } from "./docker/sessionContainer.js";
 import { ensureSessionImage } from "./docker/sessionImage.js";
 import { isolateSessionNetwork } from "./docker/sessionFirewall.js";
 import { ensureSessionNetwork } from "./docker/sessionNetwork.js";
@@ -19,7 +18,7 @@ import { clearLiveSession, removePidFile, runningAgentPid, writePidFile } from "
 import { createCloudflaredTunnel } from "./tunnel/cloudflared.js";
 import { createRelayTunnel } from "./tunnel/relay.js";
 import type { TunnelFactory } from "./tunnel/types.js";
-import { purgeOldWorkspaces } from "./workspace.js";
+import { purgeOldWorkspaces, secureWorkspaceRoot } from "./workspace.js";
 
 /** Events of a running agent. */
 export interface AgentEvents {
@@ -76,6 +75,20 @@ async function protectHost(docker: Docker, network: string, enabled: boolean, lo
   }
 }
 
+/** The workspace root, private to the agent's user (see secureWorkspaceRoot); logs what it did. */
+async function prepareWorkspaceRoot(root: string, logger: AgentLogger): Promise<void> {
+  let previousMode: number | undefined;
+  try {
+    ({ previousMode } = await secureWorkspaceRoot(root));
+  } catch (err) {
+    throw new AgentStartError((err as Error).message);
+  }
+  if (previousMode !== undefined) {
+    logger.info(`[agent] workspace directory ${root} had mode ${previousMode.toString(8).padStart(4, "0")}: set to 0700, so no other local user can reach a renter's files (a setuid program, say)`);
+  }
+  logger.info(`[agent] workspace directory: ${root} (owner uid ${process.getuid?.() ?? "?"}, mode 0700)`);
+}
+
 function tunnelFactoryFor(ctx: Pick<AgentContext, "options" | "fetch">): TunnelFactory {
   if (ctx.options.tunnelFactory) return ctx.options.tunnelFactory;
   if (ctx.options.tunnel === "cloudflared") {
@@ -105,8 +118,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
   await ensureSessionImage(docker, o.image, logger);
   await ensureSessionNetwork(docker, o.network);
   await protectHost(docker, o.network, o.hostFirewall, logger);
-  await mkdir(o.workspaceRoot, { recursive: true, mode: 0o700 });
-  logger.info(`[agent] workspace directory: ${o.workspaceRoot}`);
+  await prepareWorkspaceRoot(o.workspaceRoot, logger);
   if (o.writePidFile) await writePidFile(o.stateDir, o.agentName);
 
   const events = new EventEmitter();
@@ -124,11 +136,32 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
   const stopController = new AbortController();
   let current: LiveSession | undefined;
 
+  let purging = false;
   const purge = async (): Promise<void> => {
-    const keep = new Set(current ? [current.sessionId] : []);
-    const removed = await purgeOldWorkspaces(o.workspaceRoot, o.workspaceRetentionMs, keep).catch(() => []);
-    if (removed.length) logger.info(`[agent] removed ${removed.length} workspace(s) older than the retention`);
+    if (purging) return; // a slow rm outlasted the interval
+    purging = true;
+    try {
+      // Without the list of mounts nothing is known to be safe to delete: skip this round.
+      const mountSources = await listMountSources(docker);
+      const keep = new Set(current ? [current.sessionId] : []);
+      const { removed, failed } = await purgeOldWorkspaces(o.workspaceRoot, { retentionMs: o.workspaceRetentionMs, keep, mountSources });
+      for (const f of failed) logger.error(`[agent] could not delete old workspace ${f.dir}: ${f.error.message}`);
+      if (removed.length) logger.info(`[agent] removed ${removed.length} workspace(s) older than the retention`);
+    } catch (err) {
+      logger.error(`[agent] workspace purge skipped: ${(err as Error).message}`);
+    } finally {
+      purging = false;
+    }
   };
+
+  /** A container whose removal failed when its session ended still runs renter code: not with a fresh session. */
+  async function removeStrayContainers(): Promise<void> {
+    for (const c of await listAgentContainers(docker, o.agentName)) {
+      if (c.id === current?.containerId) continue;
+      await removeContainer(docker, c.id);
+      logger.info(`[agent] removed stray container ${c.id.slice(0, 12)} (session ${c.sessionId || "?"}) before offering a fresh session`);
+    }
+  }
 
   async function endSession(s: LiveSession, end: SessionEndReason): Promise<void> {
     if (end.by === "agent" && end.reason !== "SECRET_REFUSED") {
@@ -142,6 +175,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
   }
 
   async function offer(): Promise<LiveSession> {
+    await removeStrayContainers();
     const s = await startSession(ctx, stopController.signal);
     current = s;
     events.emit("ready", sessionInfo(s));

@@ -1,10 +1,13 @@
 // runAgent's start and stop around a re-adopted session, with fakes for Docker, the control plane
-// (fetch) and the tunnel: the adopted session's workspace survives the retention purge, and a
-// tunnel's fatal condition stops the agent the way a revoked provider key does.
+// (fetch) and the tunnel: the adopted session's workspace and any other mounted one survive the
+// retention purge, the workspace root is made private, a container whose removal failed is gone
+// before a fresh session is offered, and a tunnel's fatal condition stops the agent the way a
+// revoked provider key does.
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, utimesSync } from "node:fs";
+import { chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import type Docker from "dockerode";
 import { afterEach, describe, expect, it } from "vitest";
 import { runAgent, type AgentHandle } from "../src/agent.js";
@@ -14,7 +17,6 @@ import type { SessionTunnel, TunnelEvent } from "../src/tunnel/types.js";
 
 const SERVER = "http://control-plane.test:10000";
 const AGENT = "fake-agent";
-const DAY = 24 * 3600_000;
 const dirs: string[] = [];
 const handles: AgentHandle[] = [];
 
@@ -23,13 +25,28 @@ afterEach(async () => {
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
+/** A container as the fake engine lists it. */
+interface FakeContainer {
+  Id: string;
+  State: string;
+  Labels: Record<string, string>;
+  Ports: Array<{ PrivatePort: number; IP: string; PublicPort: number }>;
+  Mounts: Array<{ Type: string; Source: string; Destination: string }>;
+}
+
 interface World {
   root: string;
   stateDir: string;
   sessionId: string;
   workspaceDir: string;
   requests: string[];
+  /** Containers the fake engine holds; `remove` deletes from it. */
+  containers: FakeContainer[];
   removed: string[];
+  /** How many of the next `remove` calls fail (a Docker hiccup). */
+  failRemovals: number;
+  /** What the control plane answers for the session. */
+  status: "LOCKED" | "ENDED";
   lines: string[];
   docker: Docker;
   fetch: typeof fetch;
@@ -56,18 +73,32 @@ async function world(): Promise<World> {
     tunnel: "relay",
     workspaceDir,
   });
-  const w: World = { root, stateDir, sessionId, workspaceDir, requests: [], removed: [], lines: [], docker: undefined as unknown as Docker, fetch };
+  const adopted: FakeContainer = {
+    Id: "c0ffee",
+    State: "running",
+    Labels: { [LABELS.managed]: "true", [LABELS.agent]: AGENT, [LABELS.session]: sessionId },
+    Ports: [{ PrivatePort: 8888, IP: "127.0.0.1", PublicPort: hostPort }],
+    Mounts: [{ Type: "bind", Source: workspaceDir, Destination: "/workspace" }],
+  };
+  const w: World = {
+    ...{ root, stateDir, sessionId, workspaceDir, requests: [], containers: [adopted], removed: [], failRemovals: 0, status: "LOCKED", lines: [] },
+    ...{ docker: undefined as unknown as Docker, fetch },
+  };
+  const labelled = (c: FakeContainer, filters?: { label?: string[] }): boolean =>
+    (filters?.label ?? []).every((l) => c.Labels[l.split("=")[0] ?? ""] === l.split("=")[1]);
   w.docker = {
     ping: async () => "OK",
     getImage: () => ({ inspect: async () => ({}) }),
     listNetworks: async () => [{ Name: "runit-sessions" }],
-    listContainers: async () => [
-      { Id: "c0ffee", State: "running", Labels: { [LABELS.session]: sessionId }, Ports: [{ PrivatePort: 8888, IP: "127.0.0.1", PublicPort: hostPort }] },
-    ],
+    listContainers: async (opts?: { filters?: { label?: string[] } }) => w.containers.filter((c) => labelled(c, opts?.filters)),
     getContainer: (id: string) => ({
       inspect: async () => ({ State: { Running: true } }),
       stats: async () => ({ networks: {} }),
-      remove: async () => void w.removed.push(id),
+      remove: async () => {
+        if (w.failRemovals-- > 0) throw Object.assign(new Error("(HTTP code 500) server error - i/o timeout"), { statusCode: 500 });
+        w.containers = w.containers.filter((c) => c.Id !== id);
+        w.removed.push(id);
+      },
     }),
   } as unknown as Docker;
   const json = (body: unknown): Response => new Response(JSON.stringify(body), { status: 200, headers: { "Content-Type": "application/json" } });
@@ -75,8 +106,8 @@ async function world(): Promise<World> {
     const url = String(input);
     const method = init?.method ?? "GET";
     w.requests.push(`${method} ${url}`);
-    if (url === `${SERVER}/provider/session/${sessionId}`) return method === "DELETE" ? new Response(null, { status: 204 }) : json({ status: "LOCKED", locked: true });
-    if (url === `${SERVER}/provider/heartbeat`) return json({ status: "LOCKED", locked: true });
+    if (url === `${SERVER}/provider/session/${sessionId}`) return method === "DELETE" ? new Response(null, { status: 204 }) : json({ status: w.status, locked: true });
+    if (url === `${SERVER}/provider/heartbeat`) return json({ status: w.status, locked: w.status === "LOCKED" });
     if (url === `http://127.0.0.1:${hostPort}${basePath}api/status`) return json({ last_activity: new Date().toISOString(), connections: 1, kernels: 1 });
     if (url === `http://127.0.0.1:${hostPort}${basePath}api/kernels?no_track_activity=1`) return json([{ execution_state: "idle" }]);
     return new Response("{}", { status: 404 });
@@ -100,8 +131,9 @@ function fakeTunnel(event?: TunnelEvent): SessionTunnel {
   };
 }
 
-async function start(w: World, tunnel: SessionTunnel): Promise<AgentHandle> {
+async function start(w: World, tunnel: SessionTunnel, workspaceRetentionMs?: number): Promise<AgentHandle> {
   const handle = await runAgent({
+    workspaceRetentionMs,
     serverUrl: SERVER,
     providerKey: "rk_fake-provider-key-000000000000",
     agentName: AGENT,
@@ -120,21 +152,64 @@ async function start(w: World, tunnel: SessionTunnel): Promise<AgentHandle> {
 }
 
 describe("runAgent after a restart", () => {
-  it("keeps the workspace of the session it re-adopts, however old, and purges other old ones", async () => {
+  it("keeps the workspaces of the session it re-adopts and of other agents' containers, however old, and purges other old ones by ctime", async () => {
     const w = await world();
-    const old = (Date.now() - 3 * DAY) / 1000;
-    utimesSync(w.workspaceDir, old, old); // LOCKED for days, writing only into subfolders
+    const retention = 1500; // ctime cannot be backdated: let the old ones age for real
     const ended = join(w.root, randomUUID());
     mkdirSync(ended);
-    utimesSync(ended, old, old);
+    utimesSync(ended, new Date("2100-01-01"), new Date("2100-01-01")); // a renter's future mtime
+    const otherAgents = join(w.root, randomUUID()); // shared root: another agent's live session
+    mkdirSync(otherAgents);
+    w.containers.push({
+      Id: "beef00",
+      State: "running",
+      Labels: { [LABELS.managed]: "true", [LABELS.agent]: "other-agent", [LABELS.session]: otherAgents.slice(-36) },
+      Ports: [],
+      Mounts: [{ Type: "bind", Source: otherAgents, Destination: "/workspace" }],
+    });
+    await sleep(retention + 100);
     const recent = join(w.root, randomUUID());
     mkdirSync(recent);
-    const handle = await start(w, fakeTunnel());
+    utimesSync(recent, new Date("2001-01-01"), new Date("2001-01-01")); // a renter's backdated mtime
+    const handle = await start(w, fakeTunnel(), retention);
     expect(handle.current()).toMatchObject({ sessionId: w.sessionId, adopted: true, workspaceDir: w.workspaceDir });
-    expect(existsSync(w.workspaceDir)).toBe(true);
+    expect([w.workspaceDir, otherAgents, recent].map(existsSync)).toEqual([true, true, true]);
     expect(existsSync(ended)).toBe(false);
-    expect(existsSync(recent)).toBe(true);
     expect(w.lines).toContain("[agent] removed 1 workspace(s) older than the retention");
+    expect(w.removed).toEqual([]);
+  });
+
+  it("sets an existing workspace root to mode 0700 and refuses to start with one owned by another user", async () => {
+    const w = await world();
+    expect(statSync(w.root).mode & 0o777).toBe(0o755); // as `mkdir workspace` makes it
+    await start(w, fakeTunnel());
+    expect(statSync(w.root).mode & 0o7777).toBe(0o700);
+    expect(w.lines).toContain(`[agent] workspace directory ${w.root} had mode 0755: set to 0700, so no other local user can reach a renter's files (a setuid program, say)`);
+    expect(w.lines).toContain(`[agent] workspace directory: ${w.root} (owner uid ${process.getuid?.()}, mode 0700)`);
+    for (const h of handles.splice(0)) await h.stop();
+
+    const v = await world();
+    chownSync(v.root, 1001, 1001);
+    await expect(start(v, fakeTunnel())).rejects.toThrow(`workspace root ${v.root} is owned by uid 1001, not by this agent's user (uid ${process.getuid?.()})`);
+    expect(v.requests).toEqual([]);
+  });
+
+  it("removes a container whose removal failed at session end before it offers a fresh session", async () => {
+    const w = await world();
+    const handle = await start(w, fakeTunnel());
+    const ended: string[] = [];
+    handle.on("ended", (e) => ended.push(`${e.sessionId} ${e.reason}`));
+    w.failRemovals = 1;
+    w.status = "ENDED";
+    for (let i = 0; i < 100 && !w.lines.some((l) => l.startsWith("[agent] could not start a session")); i++) await sleep(50);
+    expect(ended).toEqual([`${w.sessionId} ENDED`]);
+    const from = w.lines.indexOf("[agent] could not remove container: (HTTP code 500) server error - i/o timeout");
+    expect(from).toBeGreaterThan(-1);
+    const offered = w.lines.indexOf("[agent] offering a fresh session");
+    expect(offered).toBeGreaterThan(from);
+    expect(w.lines[offered + 1]).toBe(`[agent] removed stray container c0ffee (session ${w.sessionId}) before offering a fresh session`);
+    expect(w.removed).toEqual(["c0ffee"]);
+    expect(w.containers).toEqual([]);
   });
 
   it("a tunnel's fatal event ends the session and stops the agent with that error", async () => {

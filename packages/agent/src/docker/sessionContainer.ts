@@ -124,6 +124,15 @@ export async function listAgentContainers(docker: Docker, agentName: string): Pr
   }));
 }
 
+/**
+ * Host paths mounted by every container on this engine, running or not, whichever agent (or
+ * person) made it: a workspace one of them mounts is not safe to delete (see workspace.ts).
+ */
+export async function listMountSources(docker: Docker): Promise<string[]> {
+  const list = await docker.listContainers({ all: true });
+  return list.flatMap((c) => (c.Mounts ?? []).map((m) => m.Source).filter((s) => s !== ""));
+}
+
 /** Cumulative network bytes of a container (all interfaces), from one non-streaming stats read. */
 export async function containerNetworkBytes(docker: Docker, id: string): Promise<{ rxBytes: number; txBytes: number }> {
   const stats = (await docker.getContainer(id).stats({ stream: false, "one-shot": true } as { stream: false })) as {
