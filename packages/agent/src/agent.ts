@@ -1,4 +1,5 @@
 import { EventEmitter } from "node:events";
+import { rm } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import Docker from "dockerode";
 import { asSecret } from "@runit/protocol";
@@ -168,7 +169,15 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
       await ctx.client.deregister(s.sessionId, s.sessionSecret).catch((err: Error) => logger.error(`[agent] deregistration failed: ${err.message}`));
     }
     await s.tunnel.close().catch(() => undefined);
-    await removeContainer(docker, s.containerId).catch((err: Error) => logger.error(`[agent] could not remove container: ${err.message}`));
+    const removed = await removeContainer(docker, s.containerId).then(
+      () => true,
+      (err: Error) => (logger.error(`[agent] could not remove container: ${err.message}`), false),
+    );
+    // The workspace that filled the disk goes at once, not after the retention. Only once its
+    // container is gone: a renter who can still write into it could race the deletion.
+    if (end.by === "agent" && end.reason === "DISK_LOW" && removed) {
+      await rm(s.workspaceDir, { recursive: true, force: true }).catch((err: Error) => logger.error(`[agent] could not delete workspace ${s.workspaceDir}: ${err.message}`));
+    }
     await clearLiveSession(o.stateDir, o.agentName);
     logger.info(`[agent] session ended: ${s.sessionId} (${end.reason}); container removed`);
     events.emit("ended", { sessionId: s.sessionId, reason: end.reason, endedAt: Date.now() });

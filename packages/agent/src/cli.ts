@@ -3,6 +3,7 @@ import Docker from "dockerode";
 import { DEFAULT_CONTAINER_LIMITS } from "@runit/protocol";
 import { runAgent, type AgentHandle } from "./agent.js";
 import { tuneGcForRelay } from "@runit/relay-link";
+import { DEFAULT_MIN_FREE_DISK_MB } from "./diskGuard.js";
 import { runDoctor } from "./doctor.js";
 import { DEFAULT_IMAGE } from "./docker/hardenedSpec.js";
 import { createLogger } from "./logger.js";
@@ -56,6 +57,7 @@ async function start(opts: Record<string, string | number | boolean | undefined>
     image: opts.image as string | undefined,
     workspaceRoot: opts.workspaceRoot as string | undefined,
     workspaceRetentionMs: opts.workspaceRetentionHours !== undefined ? Number(opts.workspaceRetentionHours) * 3600_000 : undefined,
+    minFreeDiskMb: opts.minFreeDiskMb as number | undefined,
     stateDir: opts.stateDir as string | undefined,
     network: opts.network as string | undefined,
     limits: {
@@ -88,6 +90,7 @@ program
   .option("--image <image>", "session image (runit-jupyter only)", DEFAULT_IMAGE)
   .option("--workspace-root <dir>", "where per-session workspaces are created", "workspace")
   .option("--workspace-retention-hours <h>", "keep ended sessions' workspaces this long", positive, 24)
+  .option("--min-free-disk-mb <mb>", "end a session when the workspace disk has less free (MiB)", Number, DEFAULT_MIN_FREE_DISK_MB)
   .option("--state-dir <dir>", "live-session and pid files", defaultStateDir())
   .option("--network <name>", "user-defined bridge for sessions", "runit-sessions")
   .option("--memory <size>", "memory per session (4g, 512m, MB)", memoryMb, DEFAULT_CONTAINER_LIMITS.memoryMb)

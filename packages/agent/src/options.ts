@@ -2,6 +2,7 @@ import { homedir, hostname } from "node:os";
 import { join, resolve } from "node:path";
 import type Docker from "dockerode";
 import { DEFAULT_CONTAINER_LIMITS, DEFAULT_TIMERS } from "@runit/protocol";
+import { DEFAULT_MIN_FREE_DISK_MB } from "./diskGuard.js";
 import { DEFAULT_IMAGE, DEFAULT_SESSION_NETWORK, type ContainerLimits } from "./docker/hardenedSpec.js";
 import type { AgentLogger, LineSink } from "./logger.js";
 import type { TunnelFactory } from "./tunnel/types.js";
@@ -20,6 +21,11 @@ export interface AgentOptions {
   workspaceRoot?: string;
   /** How long an ended session's workspace is kept. Default 24 h. */
   workspaceRetentionMs?: number;
+  /**
+   * Free space (MiB) the disk under the workspace root keeps: a session ends when it drops below,
+   * and none is offered until it is back. Default 2048.
+   */
+  minFreeDiskMb?: number;
   /** State dir for the live-session file and the pid file. Default: ~/.runit/agent. */
   stateDir?: string;
   /** The user-defined bridge sessions join. Default: runit-sessions. */
@@ -91,6 +97,8 @@ export function resolveAgentOptions(o: AgentOptions): ResolvedAgentOptions {
   }
   const idleTimeoutMs = o.idleTimeoutMs ?? DEFAULT_TIMERS.idleTimeoutMs;
   if (!(idleTimeoutMs > 0)) throw new AgentOptionError("--idle-timeout must be positive");
+  const minFreeDiskMb = o.minFreeDiskMb ?? DEFAULT_MIN_FREE_DISK_MB;
+  if (!(Number.isFinite(minFreeDiskMb) && minFreeDiskMb >= 0)) throw new AgentOptionError("--min-free-disk-mb must be a number of MiB, 0 or more");
   const agentName = o.agentName ?? defaultAgentName();
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(agentName)) throw new AgentOptionError("--name may hold letters, digits, '.', '_' and '-' only");
   return {
@@ -100,6 +108,7 @@ export function resolveAgentOptions(o: AgentOptions): ResolvedAgentOptions {
     image: o.image ?? DEFAULT_IMAGE,
     workspaceRoot: resolve(o.workspaceRoot ?? "workspace"),
     workspaceRetentionMs: o.workspaceRetentionMs ?? 24 * 3600_000,
+    minFreeDiskMb,
     stateDir: resolve(o.stateDir ?? defaultStateDir()),
     network: o.network ?? DEFAULT_SESSION_NETWORK,
     limits,

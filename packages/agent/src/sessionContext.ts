@@ -70,5 +70,5 @@ export function sessionInfo(s: LiveSession): SessionInfo {
 /** Why a session ended, from the agent's side; after FATAL the agent stops with `error`. */
 export type SessionEndReason =
   | { by: "server"; reason: string }
-  | { by: "agent"; reason: "IDLE_TIMEOUT" | "CONTAINER_STOPPED" | "TUNNEL" | "STOPPING" | "SECRET_REFUSED" }
+  | { by: "agent"; reason: "IDLE_TIMEOUT" | "CONTAINER_STOPPED" | "TUNNEL" | "STOPPING" | "SECRET_REFUSED" | "DISK_LOW" }
   | { by: "agent"; reason: "FATAL"; error: Error };

@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { PROTOCOL_VERSION, asSecret, maskSecret, relayBasePath, type RegisterSessionRequest, type Secret } from "@runit/protocol";
 import { ControlPlaneError, backoffDelay, type Registration } from "./controlPlaneClient.js";
+import { diskTooFull } from "./diskGuard.js";
 import { hardenedContainerSpec } from "./docker/hardenedSpec.js";
 import { isContainerRunning, removeContainer, startSessionContainer } from "./docker/sessionContainer.js";
 import { waitForJupyter } from "./jupyter/jupyterProbe.js";
@@ -32,6 +33,9 @@ export async function registerWithRetry(ctx: AgentContext, body: RegisterSession
  */
 export async function startSession(ctx: AgentContext, signal: AbortSignal): Promise<LiveSession> {
   const { options: o, logger } = ctx;
+  // No session on a nearly full disk: the agent's loop logs this and backs off until there is room.
+  const full = await diskTooFull(o.workspaceRoot, o.minFreeDiskMb);
+  if (full) throw new Error(`${full}: no session is offered until there is room`);
   const startedAt = Date.now();
   const sessionId = randomUUID();
   const jupyterToken = asSecret(randomBytes(32).toString("base64url"));

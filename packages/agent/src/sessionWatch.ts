@@ -1,4 +1,5 @@
 import { ControlPlaneError } from "./controlPlaneClient.js";
+import { diskTooFull } from "./diskGuard.js";
 import { containerNetworkBytes, isContainerRunning } from "./docker/sessionContainer.js";
 import { readJupyterActivity, type JupyterActivity } from "./jupyter/jupyterProbe.js";
 import type { AgentContext, LiveSession, SessionEndReason } from "./sessionContext.js";
@@ -18,7 +19,8 @@ function pause(ms: number, signal: AbortSignal): Promise<void> {
 
 /**
  * Watches a live session until it ends: reads Jupyter's activity, heartbeats with stats, ends
- * an idle READY session, notices a dead container or tunnel. Returns why it ended.
+ * an idle READY session, notices a dead container or tunnel, and ends the session when the disk
+ * under the workspace root is nearly full. Returns why it ended.
  */
 export async function watchSession(ctx: AgentContext, s: LiveSession, signal: AbortSignal): Promise<SessionEndReason> {
   const { options: o, logger } = ctx;
@@ -45,6 +47,11 @@ export async function watchSession(ctx: AgentContext, s: LiveSession, signal: Ab
       const now = Date.now();
       if (now >= nextProbe) {
         nextProbe = now + o.activityIntervalMs;
+        const full = await diskTooFull(o.workspaceRoot, o.minFreeDiskMb).catch(() => undefined);
+        if (full) {
+          logger.error(`[agent] ${full}: ending session ${s.sessionId} and deleting its workspace`);
+          return { by: "agent", reason: "DISK_LOW" };
+        }
         try {
           const a = await readJupyterActivity(ctx.fetch, s.hostPort, s.basePath, s.jupyterToken);
           const changed = previous !== undefined && a.lastActivity !== previous.lastActivity;
