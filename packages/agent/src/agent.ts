@@ -87,7 +87,7 @@ async function prepareWorkspaceRoot(root: string, logger: AgentLogger): Promise<
   if (previousMode !== undefined) {
     logger.info(`[agent] workspace directory ${root} had mode ${previousMode.toString(8).padStart(4, "0")}: set to 0700, so no other local user can reach a renter's files (a setuid program, say)`);
   }
-  logger.info(`[agent] workspace directory: ${root} (owner uid ${process.getuid?.() ?? "?"}, mode 0700)`);
+  logger.info(`[agent] workspace directory: ${root}`);
 }
 
 function tunnelFactoryFor(ctx: Pick<AgentContext, "options" | "fetch">): TunnelFactory {
