@@ -1,7 +1,7 @@
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runAgent, type AgentHandle, type SessionInfo } from "@runit/agent";
-import { agentContainers, agentIdentity, cleanupDocker, requireDocker, startControlPlane, waitFor, type TestControlPlane } from "./agent-harness.js";
+import { agentBase, agentContainers, agentIdentity, cleanupDocker, requireDocker, startControlPlane, waitFor, type TestControlPlane } from "./agent-harness.js";
 
 // `--tunnel cloudflared` with the stand-in program (cloudflared cannot be installed here): the
 // agent registers the quick-tunnel URL; when cloudflared dies and comes back with another URL the
@@ -21,12 +21,7 @@ beforeAll(async () => {
   cp = await startControlPlane();
   process.env.FAKE_CF_EXIT_AFTER_MS = "5000";
   agent = await runAgent({
-    serverUrl: cp.url,
-    providerKey: cp.key,
-    agentName: id.agentName,
-    network: id.network,
-    workspaceRoot: id.workspaceRoot,
-    stateDir: id.stateDir,
+    ...agentBase(cp, id),
     tunnel: "cloudflared",
     cloudflaredBin: FAKE,
     heartbeatIntervalMs: 500,

@@ -2,7 +2,7 @@ import { existsSync, mkdirSync } from "node:fs";
 import { statfs } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runAgent, type AgentHandle, type SessionInfo } from "@runit/agent";
-import { agentContainers, agentIdentity, cleanupDocker, containerExists, docker, requireDocker, startControlPlane, waitFor, type TestControlPlane } from "./agent-harness.js";
+import { agentBase, agentContainers, agentIdentity, cleanupDocker, containerExists, docker, requireDocker, startControlPlane, waitFor, type TestControlPlane } from "./agent-harness.js";
 
 // The disk under the workspace root never fills: a renter's /workspace is a bind mount with no
 // quota, so the agent ends a session as soon as free space there drops below its floor, deletes
@@ -41,12 +41,8 @@ describe("the agent's disk floor", () => {
   it("offers no session while the disk under the workspace root is below the floor", async () => {
     const floor = (await freeMb(id.workspaceRoot)) + 1024 * 1024; // a floor no disk here meets
     const started = runAgent({
-      serverUrl: cp.url,
-      providerKey: cp.key,
+      ...agentBase(cp, id),
       agentName: `${id.agentName}-full`,
-      network: id.network,
-      workspaceRoot: id.workspaceRoot,
-      stateDir: id.stateDir,
       minFreeDiskMb: floor,
       stdout: { write: (s: string) => void out.push(s) },
     });
@@ -59,12 +55,7 @@ describe("the agent's disk floor", () => {
     // 768 MiB below what is free now; the renter then writes 1 GiB.
     const floor = (await freeMb(id.workspaceRoot)) - 768;
     agent = await runAgent({
-      serverUrl: cp.url,
-      providerKey: cp.key,
-      agentName: id.agentName,
-      network: id.network,
-      workspaceRoot: id.workspaceRoot,
-      stateDir: id.stateDir,
+      ...agentBase(cp, id),
       heartbeatIntervalMs: 500,
       activityIntervalMs: 250,
       minFreeDiskMb: floor,

@@ -56,6 +56,14 @@ export async function startControlPlane(): Promise<TestControlPlane> {
   };
 }
 
+/** The runAgent options every agent of a test file shares: this control plane, this identity. */
+export function agentBase(
+  cp: TestControlPlane,
+  id: ReturnType<typeof agentIdentity>,
+): { serverUrl: string; providerKey: string; agentName: string; network: string; workspaceRoot: string; stateDir: string } {
+  return { serverUrl: cp.url, providerKey: cp.key, agentName: id.agentName, network: id.network, workspaceRoot: id.workspaceRoot, stateDir: id.stateDir };
+}
+
 /** Runs the docker CLI; rejects with its stderr. */
 export async function docker(...args: string[]): Promise<string> {
   const { stdout } = await run("docker", args, { timeout: 60_000 });

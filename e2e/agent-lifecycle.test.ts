@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runAgent, type AgentHandle, type SessionInfo } from "@runit/agent";
-import { agentContainers, agentIdentity, cleanupDocker, containerExists, requireDocker, startControlPlane, waitFor, type TestControlPlane } from "./agent-harness.js";
+import { agentBase, agentContainers, agentIdentity, cleanupDocker, containerExists, requireDocker, startControlPlane, waitFor, type TestControlPlane } from "./agent-harness.js";
 
 // The agent in-process against a real control plane (port 0, SQLite, the relay) and a real
 // Docker engine: registration, heartbeats, Jupyter activity, idle replacement, release.
@@ -22,12 +22,7 @@ beforeAll(async () => {
   cp = await startControlPlane();
   const t0 = Date.now();
   agent = await runAgent({
-    serverUrl: cp.url,
-    providerKey: cp.key,
-    agentName: id.agentName,
-    network: id.network,
-    workspaceRoot: id.workspaceRoot,
-    stateDir: id.stateDir,
+    ...agentBase(cp, id),
     heartbeatIntervalMs: 500,
     idleTimeoutMs: IDLE_MS,
     activityIntervalMs: 250,
