@@ -1,7 +1,7 @@
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runAgent, type AgentHandle, type SessionInfo } from "@runit/agent";
-import { agentBase, agentContainers, agentIdentity, cleanupDocker, requireDocker, startControlPlane, waitFor, type TestControlPlane } from "./agent-harness.js";
+import { agentBase, agentIdentity, requireDocker, startControlPlane, tearDownAgent, waitFor, type TestControlPlane } from "./agent-harness.js";
 
 // `--tunnel cloudflared` with the stand-in program (cloudflared cannot be installed here): the
 // agent registers the quick-tunnel URL; when cloudflared dies and comes back with another URL the
@@ -36,12 +36,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   delete process.env.FAKE_CF_EXIT_AFTER_MS;
-  await agent?.stop();
-  if (dockerReady) {
-    expect(await agentContainers(id.agentName)).toEqual([]);
-    await cleanupDocker(id.agentName, id.network);
-  }
-  await cp?.close();
+  await tearDownAgent(agent, cp, id, dockerReady);
 });
 
 describe("runit-agent --tunnel cloudflared", () => {

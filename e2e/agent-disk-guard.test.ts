@@ -1,8 +1,7 @@
 import { existsSync, mkdirSync } from "node:fs";
-import { statfs } from "node:fs/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runAgent, type AgentHandle, type SessionInfo } from "@runit/agent";
-import { agentBase, agentContainers, agentIdentity, cleanupDocker, containerExists, docker, requireDocker, startControlPlane, waitFor, type TestControlPlane } from "./agent-harness.js";
+import { freeDiskMb, runAgent, type AgentHandle, type SessionInfo } from "@runit/agent";
+import { agentBase, agentContainers, agentIdentity, containerExists, docker, requireDocker, startControlPlane, tearDownAgent, waitFor, type TestControlPlane } from "./agent-harness.js";
 
 // The disk under the workspace root never fills: a renter's /workspace is a bind mount with no
 // quota, so the agent ends a session as soon as free space there drops below its floor, deletes
@@ -16,11 +15,6 @@ const out: string[] = [];
 const ready: SessionInfo[] = [];
 const ended: Array<{ sessionId: string; reason: string }> = [];
 
-async function freeMb(path: string): Promise<number> {
-  const s = await statfs(path);
-  return Math.floor((s.bavail * s.bsize) / (1024 * 1024));
-}
-
 beforeAll(async () => {
   await requireDocker();
   dockerReady = true;
@@ -29,17 +23,12 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await agent?.stop();
-  if (dockerReady) {
-    expect(await agentContainers(id.agentName)).toEqual([]);
-    await cleanupDocker(id.agentName, id.network);
-  }
-  await cp?.close();
+  await tearDownAgent(agent, cp, id, dockerReady);
 }, 60_000);
 
 describe("the agent's disk floor", () => {
   it("offers no session while the disk under the workspace root is below the floor", async () => {
-    const floor = (await freeMb(id.workspaceRoot)) + 1024 * 1024; // a floor no disk here meets
+    const floor = (await freeDiskMb(id.workspaceRoot)) + 1024 * 1024; // a floor no disk here meets
     const started = runAgent({
       ...agentBase(cp, id),
       agentName: `${id.agentName}-full`,
@@ -53,7 +42,7 @@ describe("the agent's disk floor", () => {
 
   it("ends a session whose renter fills the disk past the floor, deletes its workspace, and offers a fresh one once there is room", async () => {
     // 768 MiB below what is free now; the renter then writes 1 GiB.
-    const floor = (await freeMb(id.workspaceRoot)) - 768;
+    const floor = (await freeDiskMb(id.workspaceRoot)) - 768;
     agent = await runAgent({
       ...agentBase(cp, id),
       heartbeatIntervalMs: 500,

@@ -7,6 +7,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { expect } from "vitest";
 import { ProviderKeyStore, createRelay, loadConfig, startServer, type RunningServer } from "@runit/control-plane";
 import { RenterSessionListSchema, type RenterSession } from "@runit/protocol";
 
@@ -122,6 +123,25 @@ export async function cleanupDocker(agentName: string, network: string): Promise
     await run("ip6tables", ["-w", "-D", "INPUT", "-i", bridge, "-j", "RUNIT-SESSIONS-INPUT"]).catch(() => undefined);
   }
   await docker("network", "rm", network).catch(() => undefined);
+}
+
+/**
+ * The end of an agent test file: the agent stopped, none of its containers left (asserted), its
+ * network and host-firewall rules removed, the control plane closed. Each part may be missing
+ * when `beforeAll` failed early.
+ */
+export async function tearDownAgent(
+  agent: { stop(): Promise<void> } | undefined,
+  cp: TestControlPlane | undefined,
+  id: ReturnType<typeof agentIdentity>,
+  dockerReady: boolean,
+): Promise<void> {
+  await agent?.stop();
+  if (dockerReady) {
+    expect(await agentContainers(id.agentName)).toEqual([]);
+    await cleanupDocker(id.agentName, id.network);
+  }
+  await cp?.close();
 }
 
 /** Polls `check` every 100 ms until it returns a value or `timeoutMs` passes. */

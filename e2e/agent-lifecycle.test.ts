@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runAgent, type AgentHandle, type SessionInfo } from "@runit/agent";
-import { agentBase, agentContainers, agentIdentity, cleanupDocker, containerExists, requireDocker, startControlPlane, waitFor, type TestControlPlane } from "./agent-harness.js";
+import { agentBase, agentContainers, agentIdentity, containerExists, requireDocker, startControlPlane, tearDownAgent, waitFor, type TestControlPlane } from "./agent-harness.js";
 
 // The agent in-process against a real control plane (port 0, SQLite, the relay) and a real
 // Docker engine: registration, heartbeats, Jupyter activity, idle replacement, release.
@@ -37,12 +37,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await agent?.stop();
-  if (dockerReady) {
-    expect(await agentContainers(id.agentName)).toEqual([]);
-    await cleanupDocker(id.agentName, id.network);
-  }
-  await cp?.close();
+  await tearDownAgent(agent, cp, id, dockerReady);
 });
 
 const log = (): string => out.join("");

@@ -21,6 +21,7 @@ export { createRelayTunnel } from "./tunnel/relay.js";
 export { parseQuickTunnelUrl, quickTunnelUrlFromMetrics, isQuickTunnelHost } from "./tunnel/quickTunnelUrl.js";
 export type { SessionTunnel, TunnelAttachment, TunnelEvent, TunnelFactory, TunnelContext } from "./tunnel/types.js";
 export { createSessionWorkspace, purgeOldWorkspaces } from "./workspace.js";
+export { DEFAULT_MIN_FREE_DISK_MB, diskTooFull, freeDiskMb } from "./diskGuard.js";
 export { runDoctor, type DoctorCheck } from "./doctor.js";
 export { readJupyterActivity, waitForJupyter } from "./jupyter/jupyterProbe.js";
 export { isolateSessionNetwork, releaseSessionNetwork, SessionFirewallError, SESSION_EGRESS_CHAIN, SESSION_INPUT_CHAIN } from "./docker/sessionFirewall.js";

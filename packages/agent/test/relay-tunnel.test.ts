@@ -128,6 +128,14 @@ async function attach(cp: FakeControlPlane, jupyterPort: number, opts: Partial<P
   return tunnel;
 }
 
+/** Waits (up to `timeoutMs`) for `count` dials and returns the gaps between them, in ms. */
+async function dialGaps(cp: FakeControlPlane, count: number, timeoutMs: number): Promise<number[]> {
+  const deadline = Date.now() + timeoutMs;
+  while (cp.dials.length < count && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  expect(cp.dials.length).toBe(count);
+  return cp.dials.slice(1).map((t, i) => t - (cp.dials[i] as number));
+}
+
 function send(cp: FakeControlPlane, frame: TunnelControlFrame): void {
   cp.sockets.at(-1)?.send(encodeControlFrame(frame));
 }
@@ -214,10 +222,7 @@ describe("relay tunnel (agent side)", () => {
     cleanups.push(cp.close);
     cp.refuse = true;
     const tunnel = await attach(cp, 1);
-    const deadline = Date.now() + 5000;
-    while (cp.dials.length < 6 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    expect(cp.dials.length).toBe(6);
-    const gaps = cp.dials.slice(1).map((t, i) => t - (cp.dials[i] as number));
+    const gaps = await dialGaps(cp, 6, 5000);
     // Delays drawn from [base/2, base] with base 40, 80, 160, 320, 320 ms.
     expect(gaps[0]).toBeLessThan(150);
     expect(gaps[3]).toBeGreaterThanOrEqual(150);
@@ -240,10 +245,7 @@ describe("relay tunnel (agent side)", () => {
     const events: TunnelEvent[] = [];
     const tunnel = await attach(cp, 1);
     tunnel.onEvent((e) => events.push(e));
-    const deadline = Date.now() + 5000;
-    while (cp.dials.length < 6 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    expect(cp.dials.length).toBe(6);
-    const gaps = cp.dials.slice(1).map((t, i) => t - (cp.dials[i] as number));
+    const gaps = await dialGaps(cp, 6, 5000);
     // A handshake alone no longer resets the backoff: base 40, 80, 160, 320, 320 ms as for refusals.
     expect(gaps[3]).toBeGreaterThanOrEqual(150);
     expect(gaps[4]).toBeGreaterThanOrEqual(150);
@@ -303,9 +305,7 @@ describe("relay tunnel (agent side)", () => {
     cleanups.push(cp.close);
     const tunnel = await attach(cp, 1);
     await tunnel.waitConnected(3000);
-    const deadline = Date.now() + 3000;
-    while (cp.dials.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    expect(cp.dials.length).toBe(2);
-    expect(cp.dials[1]! - cp.dials[0]!).toBeGreaterThanOrEqual(150); // two ping periods of 100 ms
+    const [gap] = await dialGaps(cp, 2, 3000);
+    expect(gap).toBeGreaterThanOrEqual(150); // two ping periods of 100 ms
   });
 });

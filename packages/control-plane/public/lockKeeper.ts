@@ -20,6 +20,17 @@ export interface LockKeeperEvents {
 
 const MIN_DELAY_MS = 500;
 
+/**
+ * Whether a lock may still stand after a heartbeat or release failed with `error` (a network
+ * failure, 429, an unexpected answer, another address): then the page keeps it and tries again.
+ * An address that changed (VPN, another network) may change back: the lock is bound to the
+ * address it was taken from and stands until it lapses, so the page keeps trying until the server
+ * says it is gone, rather than forgetting a lock the renter could still keep.
+ */
+export function lockMayStillStand(error: ApiError): boolean {
+  return error.kind === "network" || error.kind === "rate-limited" || error.kind === "other" || error.kind === "ip-mismatch";
+}
+
 /** How long before the lock lapses a refused heartbeat is tried again at the latest. */
 const LAST_TRY_MARGIN_MS = 3_000;
 
@@ -91,10 +102,7 @@ export class LockKeeper {
     } catch (err) {
       if (this.stopped) return;
       const error = err instanceof ApiError ? err : new ApiError("other", 0, String(err));
-      // An address that changed (VPN, another network) may change back: the lock is bound to the
-      // address it was taken from and stands until it lapses, so keep trying until the server
-      // says it is gone, rather than forgetting a lock the renter could still keep.
-      if (error.kind === "network" || error.kind === "rate-limited" || error.kind === "other" || error.kind === "ip-mismatch") {
+      if (lockMayStillStand(error)) {
         this.events.onTrouble(error);
         const wait = error.retryAfterSeconds !== undefined ? error.retryAfterSeconds * 1000 : 0;
         this.schedule(retryDelay(this.lockExpiresAt, Date.now(), wait));

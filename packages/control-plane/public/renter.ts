@@ -2,7 +2,7 @@
 // lock alive), Release, and a plain-words explanation of every failure.
 
 import { ApiError, connect, listSessions, release, type SessionRow } from "./renterApi.js";
-import { LockKeeper } from "./lockKeeper.js";
+import { LockKeeper, lockMayStillStand } from "./lockKeeper.js";
 import { SessionList } from "./sessionList.js";
 
 /** How often the list is refreshed. */
@@ -230,7 +230,7 @@ class RenterPage {
       this.showNotice("Session released. The provider is preparing a fresh session.");
     } catch (err) {
       const error = asApiError(err);
-      if (error.kind === "network" || error.kind === "rate-limited" || error.kind === "other" || error.kind === "ip-mismatch") {
+      if (lockMayStillStand(error)) {
         this.hold(lock, Date.now() + 5_000, 0);
       } else {
         this.drop();

@@ -43,6 +43,17 @@ export const TUNNEL_CLOSE_SESSION_ENDED = 4001;
 /** WebSocket close code the control plane uses when the agent's hello is missing or unusable. */
 export const TUNNEL_CLOSE_BAD_HELLO = 4002;
 
+/** The reason of a 4002 close when the agent's hello names another protocol version. */
+export function versionRequiredReason(version: number): string {
+  return `protocol version ${version} required`;
+}
+
+/** The version a 4002 close reason requires, or undefined when it is about something else. */
+export function versionRequiredBy(reason: string): number | undefined {
+  const match = /^protocol version (\d+) required$/.exec(reason);
+  return match ? Number(match[1]) : undefined;
+}
+
 /** Why a stream was aborted or a frame refused. */
 export const TUNNEL_ERROR_CODES = [
   "BAD_FRAME",

@@ -113,6 +113,15 @@ function retained(stream: TunnelStream): { pieces: number; pinnedBytes: number }
   return { pieces, pinnedBytes: [...backings].reduce((sum, b) => sum + b.byteLength, 0) };
 }
 
+/** A stream the control plane opened to the hostile peer, once the peer has its `open`. */
+async function openedStream(hostile: Hostile, window: number, paused = false): Promise<TunnelStream> {
+  const stream = hostile.link.openStream(window) as TunnelStream;
+  stream.on("error", () => undefined);
+  if (paused) stream.pause(); // the renter's response is full
+  await until(() => hostile.received.some((r) => r.kind === "control" && r.frame.type === "open"), "the open");
+  return stream;
+}
+
 describe("TunnelLink against a hostile peer", () => {
   it("closes with 1008 a peer that keeps sending unusable frames, after 64 replies, without buffering more", async () => {
     const hostile = await hostilePeer();
@@ -134,9 +143,7 @@ describe("TunnelLink against a hostile peer", () => {
   it("counts no frame an honest peer sends towards that limit: pings, late frames of forgotten streams, aborts of closed streams", async () => {
     const hostile = await hostilePeer();
     hostile.read();
-    const stream = hostile.link.openStream(64 * 1024) as TunnelStream;
-    stream.on("error", () => undefined);
-    await until(() => hostile.received.some((r) => r.kind === "control" && r.frame.type === "open"), "the open");
+    const stream = await openedStream(hostile, 64 * 1024);
     // The agent closes the stream; the control plane closes it too, at the same time.
     await hostile.send(controlFrame({ type: "abort", streamId: stream.id, code: "UPSTREAM_ERROR", message: "Jupyter went away" }));
     stream.abort("CLIENT_GONE", "renter left");
@@ -175,10 +182,7 @@ describe("TunnelLink against a hostile peer", () => {
     const hostile = await hostilePeer();
     hostile.read();
     const window = 64 * 1024;
-    const stream = hostile.link.openStream(window) as TunnelStream;
-    stream.on("error", () => undefined);
-    stream.pause(); // the renter's response is full
-    await until(() => hostile.received.some((r) => r.kind === "control" && r.frame.type === "open"), "the open");
+    const stream = await openedStream(hostile, window, true);
     const expected: number[] = [];
     const one = (): Buffer => {
       const byte = expected.length % 251;
@@ -219,9 +223,7 @@ describe("TunnelLink against a hostile peer", () => {
   it("hands a consumer that keeps up no piece that pins a read chunk many times its size, so a sink's buffer stays bounded", async () => {
     const hostile = await hostilePeer();
     hostile.read();
-    const stream = hostile.link.openStream(1024 * 1024) as TunnelStream;
-    stream.on("error", () => undefined);
-    await until(() => hostile.received.some((r) => r.kind === "control" && r.frame.type === "open"), "the open");
+    const stream = await openedStream(hostile, 1024 * 1024);
     // What the relay does with a body: write each piece into the renter's response, pausing on
     // false. This renter never reads, so every piece waits in the sink.
     const sink: Buffer[] = [];

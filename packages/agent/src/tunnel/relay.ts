@@ -5,6 +5,7 @@ import {
   TUNNEL_CLOSE_BAD_HELLO,
   TUNNEL_CLOSE_SESSION_ENDED,
   maskSecret,
+  versionRequiredBy,
 } from "@runit/protocol";
 import { ControlPlaneError } from "../controlPlaneClient.js";
 import type { AgentLogger } from "../logger.js";
@@ -14,9 +15,6 @@ import type { SessionTunnel, TunnelAttachment, TunnelEvent } from "./types.js";
 
 /** How long the WebSocket handshake with the control plane may take. */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
-
-/** The reason of the control plane's 4002 close when it speaks another tunnel protocol version. */
-const VERSION_REQUIRED = /^protocol version (\d+) required$/;
 
 /**
  * The fatal error of a control plane that speaks another tunnel protocol version: redialling
@@ -141,8 +139,8 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
                 clearInterval(pingTimer);
               }
               // The welcome usually tells first; the close reason covers a welcome this agent could not read.
-              const required = code === TUNNEL_CLOSE_BAD_HELLO ? VERSION_REQUIRED.exec(reason)?.[1] : undefined;
-              if (required !== undefined && Number(required) !== PROTOCOL_VERSION) stopFatally(protocolMismatch(Number(required)), socketLink);
+              const required = code === TUNNEL_CLOSE_BAD_HELLO ? versionRequiredBy(reason) : undefined;
+              if (required !== undefined && required !== PROTOCOL_VERSION) stopFatally(protocolMismatch(required), socketLink);
               if (closed || fatal) return;
               // Only a tunnel that stayed up resets the backoff: accept-then-close loops back off to the cap.
               if (Date.now() - openedAt >= stableAfterMs) attempt = 0;

@@ -9,6 +9,7 @@ import {
   maskSecret,
   RunitError,
   toRunitError,
+  versionRequiredReason,
   type HelloFrame,
   type TunnelErrorCode,
 } from "@runit/protocol";
@@ -144,7 +145,7 @@ export class TunnelHub {
     clearTimeout(tunnel.helloTimer);
     if (frame.protocolVersion !== PROTOCOL_VERSION) {
       this.ctx.logger.warn(`[relay] agent of ${sessionId} speaks tunnel protocol ${frame.protocolVersion}, not ${PROTOCOL_VERSION}`);
-      return tunnel.link.close(TUNNEL_CLOSE_BAD_HELLO, `protocol version ${PROTOCOL_VERSION} required`);
+      return tunnel.link.close(TUNNEL_CLOSE_BAD_HELLO, versionRequiredReason(PROTOCOL_VERSION));
     }
     tunnel.live = {
       pool: new JupyterPool(tunnel.link, this.windowBytes, this.meterFor(sessionId)),
