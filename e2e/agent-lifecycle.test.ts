@@ -1,6 +1,6 @@
 import { existsSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runAgent, type AgentHandle, type SessionInfo } from "@runit/agent";
+import { jupyterGetJson, runAgent, type AgentHandle, type SessionInfo } from "@runit/agent";
 import { agentBase, agentContainers, agentIdentity, containerExists, requireDocker, startControlPlane, tearDownAgent, waitFor, type TestControlPlane } from "./agent-harness.js";
 
 // The agent in-process against a real control plane (port 0, SQLite, the relay) and a real
@@ -89,8 +89,10 @@ describe("runit-agent against a real control plane", () => {
     const until = Date.now() + IDLE_MS + 2000;
     for (let i = 0; i < 100 && Date.now() < until; i++) {
       // Listing contents is renter-like use: it moves Jupyter's last_activity.
-      const res = await fetch(`http://127.0.0.1:${s.hostPort}${s.basePath}api/contents`, { headers: { Authorization: `token ${token}` } });
-      expect(res.status).toBe(200);
+      // Through the agent's own link to Jupyter's socket: relay mode publishes no port.
+      expect(s.jupyter.kind).toBe("socket");
+      const listing = (await jupyterGetJson(s.jupyter, `${s.basePath}api/contents`, token, 5000)) as { type?: string };
+      expect(listing.type).toBe("directory");
       await new Promise((r) => setTimeout(r, 700));
     }
     expect(ended).toEqual([]);

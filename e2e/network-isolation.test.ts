@@ -9,9 +9,11 @@ import { agentContainers, agentIdentity, cleanupDocker, docker, requireDocker, s
 // Two real agents put their sessions on one session network, as two providers' agents on one
 // host would (or one agent's successive sessions). From inside a session container, the test
 // tries to open TCP connections to a server it runs on the provider host — on the bridge's
-// gateway address and on every other address of this machine — and to the other session's
-// Jupyter. All must fail, while the host still reaches both Jupyters directly and the renter
-// still reaches Jupyter through the agent's relay. Only addresses of this machine are targeted.
+// gateway address and on every other address of this machine — and to a service the other
+// session's renter runs on its container's address (Jupyter itself has no TCP port in relay mode:
+// it listens on a Unix socket only the agent reaches). All must fail, while the host still reaches
+// both renters' services directly and the renter still reaches Jupyter through the agent's relay.
+// Only addresses of this machine are targeted.
 
 const a = agentIdentity("e2e-iso-a");
 const b = { ...agentIdentity("e2e-iso-b"), network: a.network };
@@ -20,6 +22,8 @@ let cp: TestControlPlane;
 const agents: AgentHandle[] = [];
 let hostServer: Server;
 let hostPort = 0;
+/** The port of the service each renter runs in its own container. */
+const RENTER_PORT = 8000;
 let gateway = "";
 const containers: Record<"a" | "b", { id: string; ip: string; session: string }> = {
   a: { id: "", ip: "", session: "" },
@@ -81,6 +85,8 @@ beforeAll(async () => {
   agents.push(await startAgent(b));
   containers.a = await containerOf(a);
   containers.b = await containerOf(b);
+  // What any renter may run in its container: a TCP service on the container's address.
+  for (const c of [containers.a, containers.b]) await docker("exec", "-d", c.id, "python3", "-m", "http.server", String(RENTER_PORT), "--bind", "0.0.0.0", "--directory", "/tmp");
   gateway = (await docker("network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", a.network)).trim();
   // The "provider host service": every address of this machine, so the gateway included.
   hostServer = createServer((_req, res) => res.end("host service"));
@@ -106,12 +112,21 @@ describe("network isolation of session containers", () => {
     expect(containers.a.ip).not.toBe(containers.b.ip);
   });
 
-  it("the host itself reaches the test server and both Jupyters (the probes below are meaningful)", async () => {
+  it("the host itself reaches the test server and both renters' services (the probes below are meaningful)", async () => {
     expect(await (await fetch(`http://${gateway}:${hostPort}/`)).text()).toBe("host service");
     for (const c of [containers.a, containers.b]) {
-      // Jupyter answers on its base_url /s/<id>/ (relay mode); any HTTP reply proves it listens.
-      const res = await fetch(`http://${c.ip}:8888${relayBasePath(c.session)}api/status`);
-      expect([200, 403]).toContain(res.status);
+      const res = await waitFor(`the renter's service in ${c.id.slice(0, 12)}`, () => fetch(`http://${c.ip}:${RENTER_PORT}/`).catch(() => undefined));
+      expect(res.status).toBe(200);
+    }
+  });
+
+  it("Jupyter has no TCP port: not even the host reaches it on the container's address", async () => {
+    for (const c of [containers.a, containers.b]) {
+      const error = await fetch(`http://${c.ip}:8888${relayBasePath(c.session)}api/status`).then(
+        (r) => `answered ${r.status}`,
+        (err: Error) => String((err.cause as { code?: string } | undefined)?.code ?? err.message),
+      );
+      expect(error).toBe("ECONNREFUSED");
     }
   });
 
@@ -129,8 +144,8 @@ describe("network isolation of session containers", () => {
   });
 
   it("a session container cannot open a connection to another session's container", async () => {
-    expect(await connectFrom(containers.a.id, containers.b.ip, 8888)).toMatch(/^blocked /);
-    expect(await connectFrom(containers.b.id, containers.a.ip, 8888)).toMatch(/^blocked /);
+    expect(await connectFrom(containers.a.id, containers.b.ip, RENTER_PORT)).toMatch(/^blocked /);
+    expect(await connectFrom(containers.b.id, containers.a.ip, RENTER_PORT)).toMatch(/^blocked /);
   });
 
   it("the renter still reaches Jupyter through the agent", async () => {

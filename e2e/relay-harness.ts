@@ -208,7 +208,7 @@ export async function startAgentTunnel(cp: ControlPlane, target: { port: number 
     serverUrl: cp.url,
     sessionId: SESSION_ID,
     sessionSecret: asSecret(SESSION_SECRET),
-    jupyterPort: target.port,
+    jupyter: { kind: "tcp", port: target.port },
     jupyterToken: asSecret(JUPYTER_TOKEN),
     basePath: BASE,
   });

@@ -1,7 +1,8 @@
 // Harness of the relay tests against a real Jupyter container: the real control plane (from
 // source, with the relay plugged in), the agent's relay tunnel, and a runit-jupyter container
-// started by hand with the agent's hardening flags (the agent's own container code is tested by
-// the agent's suite; the full real-process test is e2e/relay-processes.test.ts).
+// started by hand with the agent's hardening flags, listening on its Unix socket as in relay mode
+// (the agent's own container code is tested by the agent's suite; the full real-process test is
+// e2e/relay-processes.test.ts).
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { chmodSync, chownSync, mkdtempSync, rmSync } from "node:fs";
@@ -13,16 +14,19 @@ import { startServer, type RunningServer } from "../packages/control-plane/src/i
 import { createRelay } from "../packages/control-plane/src/relay/index.js";
 import { ProviderKeyStore } from "../packages/control-plane/src/store/providerKeys.js";
 import { createRelayTunnel, type RelayTunnel } from "../packages/agent/src/tunnel/relay.js";
+import { SOCKET_IN_CONTAINER, createSocketDir, removeSocketDir, type JupyterEndpoint } from "../packages/agent/src/jupyter/jupyterEndpoint.js";
+import { waitForJupyter } from "../packages/agent/src/jupyter/jupyterProbe.js";
 import { WebSocket } from "ws";
 import { fetchRaw, waitFor, type Fetched } from "./relay-harness.js";
 
 const run = promisify(execFile);
 
-/** A Jupyter container with base_url `/s/<sessionId>/`, published on 127.0.0.1 only. */
+/** A Jupyter container with base_url `/s/<sessionId>/`, on its Unix socket only (no port). */
 export interface JupyterContainer {
   sessionId: string;
   token: string;
-  port: number;
+  /** The agent's pinned link to Jupyter's socket. */
+  endpoint: JupyterEndpoint;
   workspace: string;
   name: string;
   stop(): Promise<void>;
@@ -44,6 +48,8 @@ export async function startJupyter(image = "runit-jupyter:latest"): Promise<Jupy
   const workspace = mkdtempSync(join(tmpdir(), "runit-relay-ws-"));
   chownSync(workspace, 1000, 1000);
   chmodSync(workspace, 0o700);
+  const socketRoot = mkdtempSync(join(tmpdir(), "runit-relay-sock-"));
+  const socket = await createSocketDir(socketRoot, sessionId);
   const child: ChildProcess = spawn(
     "docker",
     [
@@ -52,47 +58,26 @@ export async function startJupyter(image = "runit-jupyter:latest"): Promise<Jupy
       "--tmpfs", "/home/jupyteruser:rw,nosuid,size=64m,uid=1000,gid=1000,mode=0700",
       "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "1000:1000",
       "--memory", "1g", "--pids-limit", "200",
-      "-p", "127.0.0.1::8888", "-v", `${workspace}:/workspace`,
+      "-v", `${workspace}:/workspace`, "-v", `${socket.dir}:/run/runit`,
       "--label", "runit.test=relay",
       image,
     ],
     { stdio: ["pipe", "ignore", "ignore"] },
   );
-  child.stdin?.end(`${JSON.stringify({ token, baseUrl: `/s/${sessionId}/`, allowOrigin: "" })}\n`);
-  let port = 0;
-  const deadline = Date.now() + 60_000;
-  while (Date.now() < deadline && port === 0) {
-    try {
-      const { stdout } = await run("docker", ["port", name, "8888/tcp"]);
-      port = Number(/127\.0\.0\.1:(\d+)/.exec(stdout)?.[1] ?? 0);
-    } catch {
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  }
-  if (!port) throw new Error("Jupyter container did not publish its port");
-  let ready = false;
-  while (Date.now() < deadline && !ready) {
-    try {
-      const res = await fetchRaw(port, `/s/${sessionId}/api/status`, { headers: { Authorization: `token ${token}` } });
-      ready = res.status === 200;
-    } catch {
-      // not listening yet
-    }
-    if (!ready) await new Promise((r) => setTimeout(r, 300));
-  }
-  if (!ready) throw new Error("Jupyter did not become ready in 60 s");
-  return {
-    sessionId,
-    token,
-    port,
-    workspace,
-    name,
-    stop: async () => {
-      await run("docker", ["rm", "-f", name]).catch(() => undefined);
-      child.kill();
-      rmSync(workspace, { recursive: true, force: true });
-    },
+  child.stdin?.end(`${JSON.stringify({ token, baseUrl: `/s/${sessionId}/`, allowOrigin: "", socket: SOCKET_IN_CONTAINER })}\n`);
+  const endpoint: JupyterEndpoint = { kind: "socket", path: socket.link };
+  const stop = async (): Promise<void> => {
+    await run("docker", ["rm", "-f", name]).catch(() => undefined);
+    child.kill();
+    await removeSocketDir(socket);
+    rmSync(socketRoot, { recursive: true, force: true });
+    rmSync(workspace, { recursive: true, force: true });
   };
+  await waitForJupyter(endpoint, `/s/${sessionId}/`, asSecret(token), 60_000, async () => child.exitCode === null, socket).catch(async (err: Error) => {
+    await stop();
+    throw err;
+  });
+  return { sessionId, token, endpoint, workspace, name, stop };
 }
 
 /** A control plane with the relay, a provider key, one registered relay session and its tunnel. */
@@ -145,7 +130,7 @@ export async function startRelayStack(
     serverUrl: cp.url,
     sessionId: jupyter.sessionId,
     sessionSecret: asSecret(sessionSecret),
-    jupyterPort: jupyter.port,
+    jupyter: jupyter.endpoint,
     jupyterToken: asSecret(jupyter.token),
     basePath: `/s/${jupyter.sessionId}/`,
   });

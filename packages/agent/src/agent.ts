@@ -20,6 +20,7 @@ import { createCloudflaredTunnel } from "./tunnel/cloudflared.js";
 import { createRelayTunnel } from "./tunnel/relay.js";
 import type { TunnelFactory } from "./tunnel/types.js";
 import { purgeOldWorkspaces, secureWorkspaceRoot } from "./workspace.js";
+import { purgeSocketDirs, removeSocketDir, sessionSocketPaths } from "./jupyter/jupyterEndpoint.js";
 
 /** Events of a running agent. */
 export interface AgentEvents {
@@ -93,7 +94,11 @@ async function prepareWorkspaceRoot(root: string, logger: AgentLogger): Promise<
 function tunnelFactoryFor(ctx: Pick<AgentContext, "options" | "fetch">): TunnelFactory {
   if (ctx.options.tunnelFactory) return ctx.options.tunnelFactory;
   if (ctx.options.tunnel === "cloudflared") {
-    return ({ logger, jupyterPort }) => createCloudflaredTunnel({ logger, jupyterPort, bin: ctx.options.cloudflaredBin, fetch: ctx.fetch });
+    return ({ logger, jupyter }) => {
+      // cloudflared dials Jupyter's published port (sessionStart publishes one in this mode).
+      if (jupyter.kind !== "tcp") throw new Error("cloudflared needs Jupyter's published port");
+      return createCloudflaredTunnel({ logger, jupyterPort: jupyter.port, bin: ctx.options.cloudflaredBin, fetch: ctx.fetch });
+    };
   }
   return ({ logger }) => createRelayTunnel({ logger });
 }
@@ -146,6 +151,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
       const mountSources = await listMountSources(docker);
       const keep = new Set(current ? [current.sessionId] : []);
       const { removed, failed } = await purgeOldWorkspaces(o.workspaceRoot, { retentionMs: o.workspaceRetentionMs, keep, mountSources });
+      await purgeSocketDirs(o.workspaceRoot, keep, mountSources);
       for (const f of failed) logger.error(`[agent] could not delete old workspace ${f.dir}: ${f.error.message}`);
       if (removed.length) logger.info(`[agent] removed ${removed.length} workspace(s) older than the retention`);
     } catch (err) {
@@ -175,6 +181,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
     );
     // The workspace that filled the disk goes at once, not after the retention. Only once its
     // container is gone: a renter who can still write into it could race the deletion.
+    if (removed && s.jupyter.kind === "socket") {
+      await removeSocketDir(sessionSocketPaths(o.workspaceRoot, s.sessionId)).catch((err: Error) => logger.error(`[agent] could not delete the socket directory of ${s.sessionId}: ${err.message}`));
+    }
     if (end.by === "agent" && end.reason === "DISK_LOW" && removed) {
       await rm(s.workspaceDir, { recursive: true, force: true }).catch((err: Error) => logger.error(`[agent] could not delete workspace ${s.workspaceDir}: ${err.message}`));
     }

@@ -43,18 +43,18 @@ async function tryAdopt(ctx: AgentContext, state: LiveSessionState): Promise<Liv
   try {
     const status = await ctx.client.status(state.sessionId, secret);
     if (status.status !== "READY" && status.status !== "LOCKED") return undefined;
-    await readJupyterActivity(ctx.fetch, state.hostPort, state.basePath, token);
+    await readJupyterActivity(state.jupyter, state.basePath, token);
   } catch {
     return undefined;
   }
-  const tunnel = ctx.tunnelFactory({ logger: ctx.logger, jupyterPort: state.hostPort });
+  const tunnel = ctx.tunnelFactory({ logger: ctx.logger, jupyter: state.jupyter });
   try {
     await tunnel.describe();
     await tunnel.attach({
       serverUrl: ctx.options.serverUrl,
       sessionId: state.sessionId,
       sessionSecret: secret,
-      jupyterPort: state.hostPort,
+      jupyter: state.jupyter,
       jupyterToken: token,
       basePath: state.basePath,
     });
@@ -69,7 +69,7 @@ async function tryAdopt(ctx: AgentContext, state: LiveSessionState): Promise<Liv
     sessionSecret: secret,
     jupyterToken: token,
     containerId: state.containerId,
-    hostPort: state.hostPort,
+    jupyter: state.jupyter,
     basePath: state.basePath,
     workspaceDir: state.workspaceDir,
     tunnel,

@@ -2,6 +2,7 @@ import type { EventEmitter } from "node:events";
 import type Docker from "dockerode";
 import type { Hardware, Secret } from "@runit/protocol";
 import type { ControlPlaneClient } from "./controlPlaneClient.js";
+import type { JupyterEndpoint } from "./jupyter/jupyterEndpoint.js";
 import type { AgentLogger } from "./logger.js";
 import type { ResolvedAgentOptions } from "./options.js";
 import type { SessionTunnel, TunnelFactory } from "./tunnel/types.js";
@@ -26,7 +27,7 @@ export interface LiveSession {
   sessionSecret: Secret;
   jupyterToken: Secret;
   containerId: string;
-  hostPort: number;
+  jupyter: JupyterEndpoint;
   basePath: string;
   workspaceDir: string;
   tunnel: SessionTunnel;
@@ -43,7 +44,8 @@ export interface LiveSession {
 export interface SessionInfo {
   sessionId: string;
   containerId: string;
-  hostPort: number;
+  /** Where the agent reaches Jupyter (a socket path or a port; neither is a secret). */
+  jupyter: JupyterEndpoint;
   basePath: string;
   workspaceDir: string;
   tunnel: "relay" | "cloudflared";
@@ -57,7 +59,7 @@ export function sessionInfo(s: LiveSession): SessionInfo {
   return {
     sessionId: s.sessionId,
     containerId: s.containerId,
-    hostPort: s.hostPort,
+    jupyter: s.jupyter,
     basePath: s.basePath,
     workspaceDir: s.workspaceDir,
     tunnel: s.tunnelKind,

@@ -4,7 +4,8 @@ import { PROTOCOL_VERSION, asSecret, maskSecret, relayBasePath, type RegisterSes
 import { ControlPlaneError, backoffDelay, type Registration } from "./controlPlaneClient.js";
 import { diskTooFull } from "./diskGuard.js";
 import { hardenedContainerSpec } from "./docker/hardenedSpec.js";
-import { isContainerRunning, removeContainer, startSessionContainer } from "./docker/sessionContainer.js";
+import { isContainerRunning, removeContainer, startSessionContainer, type RunningContainer } from "./docker/sessionContainer.js";
+import { SOCKET_IN_CONTAINER, createSocketDir, removeSocketDir, type JupyterEndpoint, type SessionSocketPaths } from "./jupyter/jupyterEndpoint.js";
 import { waitForJupyter } from "./jupyter/jupyterProbe.js";
 import type { AgentContext, LiveSession } from "./sessionContext.js";
 import { writeLiveSession } from "./stateFile.js";
@@ -44,16 +45,24 @@ export async function startSession(ctx: AgentContext, signal: AbortSignal): Prom
   const basePath = tunnelKind === "relay" ? relayBasePath(sessionId) : "/";
   const workspaceDir = await createSessionWorkspace(o.workspaceRoot, sessionId);
   logger.info(`[agent] session workspace: ${workspaceDir}`);
+  // Relay mode: Jupyter listens on a Unix socket only the agent can reach (jupyterEndpoint.ts).
+  const socket = tunnelKind === "relay" ? await createSocketDir(o.workspaceRoot, sessionId) : undefined;
   logger.info("[agent] starting dockerized jupyter...");
-  const spec = hardenedContainerSpec({ sessionId, agentName: o.agentName, workspaceDir, image: o.image, network: o.network, limits: o.limits });
+  const mounts = { workspaceDir, socketDir: socket?.dir };
+  const spec = hardenedContainerSpec({ sessionId, agentName: o.agentName, ...mounts, image: o.image, network: o.network, limits: o.limits });
   const allowOrigin = tunnelKind === "relay" ? new URL(o.serverUrl).origin : "";
-  const running = await startSessionContainer(ctx.docker, spec, workspaceDir, { token: jupyterToken, baseUrl: basePath, allowOrigin }, logger);
+  const config = { token: jupyterToken, baseUrl: basePath, allowOrigin, ...(socket ? { socket: SOCKET_IN_CONTAINER } : {}) };
+  const running = await startSessionContainer(ctx.docker, spec, mounts, config, logger).catch(async (err: Error) => {
+    if (socket) await removeSocketDir(socket);
+    throw err;
+  });
   let tunnel: SessionTunnel | undefined;
   let registration: Registration | undefined;
   try {
-    await waitForJupyter(ctx.fetch, running.hostPort, basePath, jupyterToken, 60_000, () => isContainerRunning(ctx.docker, running.id));
+    const jupyter = jupyterEndpointOf(running, socket);
+    await waitForJupyter(jupyter, basePath, jupyterToken, 60_000, () => isContainerRunning(ctx.docker, running.id), socket);
     logger.info(`[agent] token detected: ${maskSecret(jupyterToken)}`);
-    tunnel = ctx.tunnelFactory({ logger, jupyterPort: running.hostPort });
+    tunnel = ctx.tunnelFactory({ logger, jupyter });
     const tunnelSpec = await tunnel.describe();
     logger.info("=== SESSION READY ===");
     registration = await registerWithRetry(
@@ -76,7 +85,7 @@ export async function startSession(ctx: AgentContext, signal: AbortSignal): Prom
       sessionSecret: registration.sessionSecret,
       jupyterToken,
       containerId: running.id,
-      hostPort: running.hostPort,
+      jupyter,
       basePath,
       workspaceDir,
       tunnel,
@@ -92,7 +101,7 @@ export async function startSession(ctx: AgentContext, signal: AbortSignal): Prom
       serverUrl: o.serverUrl,
       sessionId,
       sessionSecret: registration.sessionSecret,
-      jupyterPort: running.hostPort,
+      jupyter,
       jupyterToken,
       basePath,
     });
@@ -101,8 +110,16 @@ export async function startSession(ctx: AgentContext, signal: AbortSignal): Prom
     if (registration) await ctx.client.deregister(sessionId, registration.sessionSecret).catch(() => undefined);
     await tunnel?.close().catch(() => undefined);
     await removeContainer(ctx.docker, running.id).catch(() => undefined);
+    if (socket) await removeSocketDir(socket).catch(() => undefined);
     throw err;
   }
+}
+
+/** The started container's Jupyter: the pinned socket link in relay mode, the published port otherwise. */
+function jupyterEndpointOf(running: RunningContainer, socket: SessionSocketPaths | undefined): JupyterEndpoint {
+  if (socket) return { kind: "socket", path: socket.link };
+  if (running.hostPort === undefined) throw new Error("Jupyter's port was not published on 127.0.0.1");
+  return { kind: "tcp", port: running.hostPort };
 }
 
 /** Persists the live session (0600, in the state dir) for recovery after a SIGKILL. */
@@ -112,7 +129,7 @@ export async function persist(ctx: AgentContext, s: LiveSession): Promise<void> 
     sessionSecret: s.sessionSecret,
     jupyterToken: s.jupyterToken,
     containerId: s.containerId,
-    hostPort: s.hostPort,
+    jupyter: s.jupyter,
     basePath: s.basePath,
     tunnel: s.tunnelKind,
     workspaceDir: s.workspaceDir,

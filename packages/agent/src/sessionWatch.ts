@@ -53,7 +53,7 @@ export async function watchSession(ctx: AgentContext, s: LiveSession, signal: Ab
           return { by: "agent", reason: "DISK_LOW" };
         }
         try {
-          const a = await readJupyterActivity(ctx.fetch, s.hostPort, s.basePath, s.jupyterToken);
+          const a = await readJupyterActivity(s.jupyter, s.basePath, s.jupyterToken);
           const changed = previous !== undefined && a.lastActivity !== previous.lastActivity;
           if (changed || (a.busy && !previous?.busy)) logger.info("[agent] container activity detected");
           if (changed || a.busy || a.connections > 0) lastActivityAt = Date.now();

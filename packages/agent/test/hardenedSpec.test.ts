@@ -118,3 +118,45 @@ describe("assertHardened refuses every weakening", () => {
     expect(() => assertHardened(base(), { workspaceDir: WS })).not.toThrow();
   });
 });
+
+describe("hardenedContainerSpec in relay mode (Jupyter on its Unix socket)", () => {
+  const SOCK = "/srv/runit/workspace/.jupyter-sockets/0b3f6c1e-2d4a-4c6b-8e9f-1a2b3c4d5e6f";
+  const relay = (): ContainerCreateOptions & { HostConfig: NonNullable<ContainerCreateOptions["HostConfig"]> } =>
+    hardenedContainerSpec({ sessionId: "0b3f6c1e-2d4a-4c6b-8e9f-1a2b3c4d5e6f", agentName: "unit", workspaceDir: WS, socketDir: SOCK }) as ContainerCreateOptions & {
+      HostConfig: NonNullable<ContainerCreateOptions["HostConfig"]>;
+    };
+  const check = (s: ContainerCreateOptions): string => {
+    try {
+      assertHardened(s, { workspaceDir: WS, socketDir: SOCK });
+    } catch (err) {
+      expect(err).toBeInstanceOf(UnhardenedSpecError);
+      return (err as UnhardenedSpecError).check;
+    }
+    return "accepted";
+  };
+
+  it("mounts the workspace and the socket directory at /run/runit, and publishes no port", () => {
+    const s = relay();
+    expect(s.HostConfig.Binds).toEqual([`${WS}:/workspace:rw`, `${SOCK}:/run/runit:rw`]);
+    expect(s.HostConfig.PortBindings).toBeUndefined();
+    expect(s.ExposedPorts).toBeUndefined();
+    expect(check(s)).toBe("accepted");
+  });
+
+  it("refuses a port beside the socket, a third mount, another socket directory, a system path", () => {
+    const withPort = relay();
+    withPort.HostConfig.PortBindings = { "8888/tcp": [{ HostIp: "127.0.0.1", HostPort: "" }] };
+    expect(check(withPort)).toBe("a port published beside Jupyter's socket");
+    const third = relay();
+    third.HostConfig.Binds!.push("/srv/other:/data:rw");
+    expect(check(third)).toContain("binds must be exactly the session workspace and its socket directory");
+    const other = relay();
+    other.HostConfig.Binds = [`${WS}:/workspace:rw`, "/srv/runit/workspace/.jupyter-sockets/other:/run/runit:rw"];
+    expect(check(other)).toContain("binds must be exactly the session workspace and its socket directory");
+    expect(() => hardenedContainerSpec({ sessionId: "0b3f6c1e-2d4a-4c6b-8e9f-1a2b3c4d5e6f", agentName: "u", workspaceDir: WS, socketDir: "/var/run" })).toThrow(
+      "socket directory /var/run is not a safe host path",
+    );
+    // A relay spec checked as if it had no socket directory: the second mount is refused.
+    expect(() => assertHardened(relay(), { workspaceDir: WS })).toThrow("binds must be exactly the session workspace");
+  });
+});

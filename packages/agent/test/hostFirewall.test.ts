@@ -51,8 +51,8 @@ beforeAll(async () => {
   gateway = (net.IPAM?.Config?.[0] as { Gateway?: string } | undefined)?.Gateway ?? "";
   const workspaceDir = await createSessionWorkspace(id.dir, sessionId);
   const spec = hardenedContainerSpec({ sessionId, agentName: id.agentName, workspaceDir, network: id.network, limits: { memoryMb: 512, cpus: 1, pids: 100 } });
-  running = await startSessionContainer(docker, spec, workspaceDir, { token, baseUrl: "/", allowOrigin: "" }, silentLogger);
-  await waitForJupyter(fetch, running.hostPort, "/", token, 60_000);
+  running = await startSessionContainer(docker, spec, { workspaceDir }, { token, baseUrl: "/", allowOrigin: "" }, silentLogger);
+  await waitForJupyter({ kind: "tcp", port: running.hostPort! }, "/", token, 60_000);
   // A "host service" bound to the host's own address on the session bridge.
   hostService = createServer((_req, res) => res.end("host service"));
   await new Promise<void>((r) => hostService.listen(0, gateway, r));

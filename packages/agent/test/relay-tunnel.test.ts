@@ -124,7 +124,7 @@ async function attach(cp: FakeControlPlane, jupyterPort: number, opts: Partial<P
     expect(lines.join("\n")).not.toContain(SECRET);
     expect(lines.join("\n")).not.toContain(TOKEN);
   });
-  await tunnel.attach({ serverUrl: cp.url, sessionId: SESSION_ID, sessionSecret: asSecret(SECRET), jupyterPort, jupyterToken: asSecret(TOKEN), basePath: BASE });
+  await tunnel.attach({ serverUrl: cp.url, sessionId: SESSION_ID, sessionSecret: asSecret(SECRET), jupyter: { kind: "tcp", port: jupyterPort }, jupyterToken: asSecret(TOKEN), basePath: BASE });
   return tunnel;
 }
 

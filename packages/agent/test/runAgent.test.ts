@@ -1,10 +1,11 @@
 // runAgent's start and stop around a re-adopted session, with fakes for Docker, the control plane
-// (fetch) and the tunnel: the adopted session's workspace and any other mounted one survive the
+// (fetch) and the tunnel, and a real HTTP server on a Unix socket standing in for Jupyter: the adopted session's workspace and any other mounted one survive the
 // retention purge, the workspace root is made private, a container whose removal failed is gone
 // before a fresh session is offered, and a tunnel's fatal condition stops the agent the way a
 // revoked provider key does.
 import { randomUUID } from "node:crypto";
 import { chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync } from "node:fs";
+import { createServer, type Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -19,9 +20,11 @@ const SERVER = "http://control-plane.test:10000";
 const AGENT = "fake-agent";
 const dirs: string[] = [];
 const handles: AgentHandle[] = [];
+const servers: Server[] = [];
 
 afterEach(async () => {
   for (const h of handles.splice(0)) await h.stop();
+  for (const s of servers.splice(0)) await new Promise((r) => s.close(r));
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
@@ -61,14 +64,24 @@ async function world(): Promise<World> {
   const sessionId = randomUUID();
   const workspaceDir = join(root, sessionId);
   mkdirSync(workspaceDir, { recursive: true });
-  const hostPort = 49200;
   const basePath = `/s/${sessionId}/`;
+  // The adopted session's Jupyter, on the socket link the state file names.
+  const socketPath = join(base, "jupyter.sock");
+  const jupyter = createServer((req, res) => {
+    res.setHeader("Content-Type", "application/json");
+    if (req.url === `${basePath}api/status`) return res.end(JSON.stringify({ last_activity: new Date().toISOString(), connections: 1, kernels: 1 }));
+    if (req.url === `${basePath}api/kernels?no_track_activity=1`) return res.end(JSON.stringify([{ execution_state: "idle" }]));
+    res.statusCode = 404;
+    res.end("{}");
+  });
+  servers.push(jupyter);
+  await new Promise<void>((r) => jupyter.listen(socketPath, r));
   await writeLiveSession(stateDir, AGENT, {
     sessionId,
     sessionSecret: "s".repeat(43),
     jupyterToken: "j".repeat(43),
     containerId: "c0ffee",
-    hostPort,
+    jupyter: { kind: "socket", path: socketPath },
     basePath,
     tunnel: "relay",
     workspaceDir,
@@ -77,7 +90,7 @@ async function world(): Promise<World> {
     Id: "c0ffee",
     State: "running",
     Labels: { [LABELS.managed]: "true", [LABELS.agent]: AGENT, [LABELS.session]: sessionId },
-    Ports: [{ PrivatePort: 8888, IP: "127.0.0.1", PublicPort: hostPort }],
+    Ports: [],
     Mounts: [{ Type: "bind", Source: workspaceDir, Destination: "/workspace" }],
   };
   const w: World = {
@@ -108,8 +121,6 @@ async function world(): Promise<World> {
     w.requests.push(`${method} ${url}`);
     if (url === `${SERVER}/provider/session/${sessionId}`) return method === "DELETE" ? new Response(null, { status: 204 }) : json({ status: w.status, locked: true });
     if (url === `${SERVER}/provider/heartbeat`) return json({ status: w.status, locked: w.status === "LOCKED" });
-    if (url === `http://127.0.0.1:${hostPort}${basePath}api/status`) return json({ last_activity: new Date().toISOString(), connections: 1, kernels: 1 });
-    if (url === `http://127.0.0.1:${hostPort}${basePath}api/kernels?no_track_activity=1`) return json([{ execution_state: "idle" }]);
     return new Response("{}", { status: 404 });
   }) as typeof fetch;
   return w;

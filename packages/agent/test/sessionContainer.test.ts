@@ -33,8 +33,8 @@ beforeAll(async () => {
   workspaceDir = await createSessionWorkspace(id.dir, sessionId);
   const spec = hardenedContainerSpec({ sessionId, agentName: id.agentName, workspaceDir, network: id.network, limits: LIMITS });
   const logger = createLogger({ write: (s: string) => lines.push(s) });
-  running = await startSessionContainer(docker, spec, workspaceDir, { token, baseUrl: `/s/${sessionId}/`, allowOrigin: "http://127.0.0.1:10000" }, logger);
-  await waitForJupyter(fetch, running.hostPort, `/s/${sessionId}/`, token, 60_000);
+  running = await startSessionContainer(docker, spec, { workspaceDir }, { token, baseUrl: `/s/${sessionId}/`, allowOrigin: "http://127.0.0.1:10000" }, logger);
+  await waitForJupyter({ kind: "tcp", port: running.hostPort! }, `/s/${sessionId}/`, token, 60_000);
   inspect = (await dockerInspect(running.id)) as unknown as InspectJson;
 });
 

@@ -68,7 +68,7 @@ describe("startSessionContainer failure paths", () => {
     const f = fakeDocker(() => {
       throw new Error("OCI runtime create failed");
     });
-    await expect(startSessionContainer(f.docker, spec, workspaceDir, config, logger, 200)).rejects.toThrow("OCI runtime create failed");
+    await expect(startSessionContainer(f.docker, spec, { workspaceDir }, config, logger, 200)).rejects.toThrow("OCI runtime create failed");
     expect(f.removed).toEqual(["c0ffee"]);
     await new Promise((r) => setTimeout(r, 400)); // past the 200 ms 'Running as' timeout
     expect(unhandled).toEqual([]);
@@ -80,7 +80,7 @@ describe("startSessionContainer failure paths", () => {
       fd.socket.push(null); // the daemon ends the attach stream when the container exits
     });
     const startedAt = Date.now();
-    await expect(startSessionContainer(f.docker, spec, workspaceDir, config, logger)).rejects.toThrow(
+    await expect(startSessionContainer(f.docker, spec, { workspaceDir }, config, logger)).rejects.toThrow(
       "the session container exited early: python3: can't open file 'entrypoint.py'",
     );
     expect(Date.now() - startedAt).toBeLessThan(2000); // not the 30 s timeout
@@ -90,7 +90,7 @@ describe("startSessionContainer failure paths", () => {
   it("an attach socket that fails before 'Running as' (daemon restart) fails at once", async () => {
     const early = fakeDocker((fd) => void setImmediate(() => fd.socket.destroy(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" }))));
     const startedAt = Date.now();
-    await expect(startSessionContainer(early.docker, spec, workspaceDir, config, logger)).rejects.toThrow("the session container exited early: ");
+    await expect(startSessionContainer(early.docker, spec, { workspaceDir }, config, logger)).rejects.toThrow("the session container exited early: ");
     expect(Date.now() - startedAt).toBeLessThan(2000);
     expect(early.removed).toEqual(["c0ffee"]);
   });
@@ -98,7 +98,7 @@ describe("startSessionContainer failure paths", () => {
   it("an attach socket that fails after the start is harmless", async () => {
     const late = fakeDocker((fd) => void fd.socket.push(dockerFrame(1, "Running as: jupyteruser\n")));
     const lines: string[] = [];
-    const running = await startSessionContainer(late.docker, spec, workspaceDir, config, { info: (l) => lines.push(l), error: (l) => lines.push(l) });
+    const running = await startSessionContainer(late.docker, spec, { workspaceDir }, config, { info: (l) => lines.push(l), error: (l) => lines.push(l) });
     expect(running).toEqual({ id: "c0ffee", hostPort: 49153 });
     expect(lines).toEqual(["[docker] Running as: jupyteruser"]);
     expect(JSON.parse(late.stdin.join(""))).toEqual(config);

@@ -19,13 +19,19 @@ export type JupyterKernels = z.infer<typeof JupyterKernelsSchema>;
 /** cloudflared's `GET /quicktunnel` on its metrics port: `{"hostname":"<name>.trycloudflare.com"}`. */
 export const QuickTunnelMetricsSchema = z.object({ hostname: z.string().max(253) });
 
+/** How an agent reaches a session's Jupyter: its pinned Unix socket (relay) or its port on 127.0.0.1. */
+export const JupyterEndpointSchema = z.discriminatedUnion("kind", [
+  z.strictObject({ kind: z.literal("socket"), path: z.string().min(1).max(4096) }),
+  z.strictObject({ kind: z.literal("tcp"), port: z.number().int().min(1).max(65535) }),
+]);
+
 /** The live session an agent persists so a restart after SIGKILL can re-adopt or clean it up. */
 export const AgentSessionStateSchema = z.object({
   sessionId: z.string(),
   sessionSecret: z.string(),
   jupyterToken: z.string(),
   containerId: z.string(),
-  hostPort: z.number().int(),
+  jupyter: JupyterEndpointSchema,
   basePath: z.string(),
   tunnel: z.enum(["relay", "cloudflared"]),
   workspaceDir: z.string(),

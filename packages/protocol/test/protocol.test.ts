@@ -110,8 +110,11 @@ describe("what the agent reads on the provider's machine", () => {
     expect(JupyterKernelsSchema.safeParse({ execution_state: "busy" }).success).toBe(false);
     expect(QuickTunnelMetricsSchema.safeParse({ hostname: "a-b.trycloudflare.com" }).success).toBe(true);
     expect(QuickTunnelMetricsSchema.safeParse({ hostname: 7 }).success).toBe(false);
-    const state = { sessionId: "s", sessionSecret: "x", jupyterToken: "t", containerId: "c", hostPort: 1, basePath: "/", tunnel: "relay", workspaceDir: "/w" };
+    const state = { sessionId: "s", sessionSecret: "x", jupyterToken: "t", containerId: "c", jupyter: { kind: "socket", path: "/w/.jupyter-sockets/s.sock" }, basePath: "/", tunnel: "relay", workspaceDir: "/w" };
     expect(AgentSessionStateSchema.safeParse(state).success).toBe(true);
+    expect(AgentSessionStateSchema.safeParse({ ...state, jupyter: { kind: "tcp", port: 49153 } }).success).toBe(true);
     expect(AgentSessionStateSchema.safeParse({ ...state, tunnel: "ssh" }).success).toBe(false);
+    expect(AgentSessionStateSchema.safeParse({ ...state, jupyter: { kind: "tcp", port: 0 } }).success).toBe(false);
+    expect(AgentSessionStateSchema.safeParse({ ...state, jupyter: { kind: "socket", path: "/x", port: 1 } }).success).toBe(false);
   });
 });

@@ -13,6 +13,8 @@ export const JUPYTER_CONTAINER_PORT = 8888;
 export const SESSION_HOME = "/home/jupyteruser";
 /** Where the session workspace is mounted. */
 export const WORKSPACE_MOUNT = "/workspace";
+/** Where a relay session's socket directory is mounted (Jupyter binds jupyter.sock in it). */
+export const SOCKET_MOUNT = "/run/runit";
 /** uid:gid of jupyteruser in the image. */
 export const SESSION_USER = "1000:1000";
 
@@ -40,6 +42,11 @@ export interface HardenedSpecOptions {
   agentName: string;
   /** Absolute host path of this session's fresh workspace directory. */
   workspaceDir: string;
+  /**
+   * Absolute host path of this session's socket directory (relay mode): mounted at /run/runit,
+   * and no port is published. Without it Jupyter's port is published on 127.0.0.1 (cloudflared).
+   */
+  socketDir?: string;
   image?: string;
   network?: string;
   limits?: Partial<ContainerLimits>;
@@ -69,7 +76,7 @@ export function hardenedContainerSpec(opts: HardenedSpecOptions): ContainerCreat
     OpenStdin: true,
     StdinOnce: true,
     Tty: false,
-    ExposedPorts: { [`${JUPYTER_CONTAINER_PORT}/tcp`]: {} },
+    ...(opts.socketDir ? {} : { ExposedPorts: { [`${JUPYTER_CONTAINER_PORT}/tcp`]: {} } }),
     HostConfig: {
       Privileged: false,
       Init: true,
@@ -85,8 +92,8 @@ export function hardenedContainerSpec(opts: HardenedSpecOptions): ContainerCreat
         "/tmp": `rw,nosuid,nodev,noexec,size=${limits.tmpMb}m`,
         [SESSION_HOME]: `rw,nosuid,nodev,noexec,size=${limits.homeMb}m,uid=1000,gid=1000,mode=0700`,
       },
-      Binds: [`${opts.workspaceDir}:${WORKSPACE_MOUNT}:rw`],
-      PortBindings: { [`${JUPYTER_CONTAINER_PORT}/tcp`]: [{ HostIp: "127.0.0.1", HostPort: "" }] },
+      Binds: [`${opts.workspaceDir}:${WORKSPACE_MOUNT}:rw`, ...(opts.socketDir ? [`${opts.socketDir}:${SOCKET_MOUNT}:rw`] : [])],
+      ...(opts.socketDir ? {} : { PortBindings: { [`${JUPYTER_CONTAINER_PORT}/tcp`]: [{ HostIp: "127.0.0.1", HostPort: "" }] } }),
       NetworkMode: opts.network ?? DEFAULT_SESSION_NETWORK,
       IpcMode: "private",
       RestartPolicy: { Name: "no", MaximumRetryCount: 0 },
@@ -94,7 +101,7 @@ export function hardenedContainerSpec(opts: HardenedSpecOptions): ContainerCreat
       LogConfig: { Type: "json-file", Config: { "max-size": "10m", "max-file": "2" } },
     },
   };
-  assertHardened(spec, { workspaceDir: opts.workspaceDir });
+  assertHardened(spec, { workspaceDir: opts.workspaceDir, socketDir: opts.socketDir });
   return spec;
 }
 
@@ -115,7 +122,7 @@ function imageRepository(image: string): string {
 
 const SENSITIVE_HOST_PATHS = ["/", "/etc", "/proc", "/sys", "/dev", "/boot", "/root", "/run", "/var/run", "/var/lib/docker", "/usr", "/bin", "/sbin", "/lib"];
 
-/** A workspace must be an absolute, normalised path that is neither a system directory nor inside one. */
+/** A mounted host path must be absolute, normalised, and neither a system directory nor inside one. */
 function isSafeWorkspacePath(dir: string): boolean {
   if (!dir.startsWith("/") || dir.includes("/../") || dir.endsWith("/..") || dir.includes("//") || dir.includes(":")) return false;
   if (dir.includes("docker.sock")) return false;
@@ -129,7 +136,7 @@ const FORBIDDEN_NETWORK_MODES = new Set(["host", "bridge", "default", "none"]);
  * Refuses (throws UnhardenedSpecError) any spec that is weaker than hardenedContainerSpec()'s,
  * whatever produced it. Called on every spec right before `createContainer`.
  */
-export function assertHardened(spec: ContainerCreateOptions, ctx: { workspaceDir: string }): void {
+export function assertHardened(spec: ContainerCreateOptions, ctx: { workspaceDir: string; socketDir?: string | undefined }): void {
   const hc = spec.HostConfig;
   const fail = (check: string): never => {
     throw new UnhardenedSpecError(check);
@@ -160,7 +167,14 @@ export function assertHardened(spec: ContainerCreateOptions, ctx: { workspaceDir
   if (!isSafeWorkspacePath(ctx.workspaceDir)) fail(`workspace ${ctx.workspaceDir} is not a safe host path`);
   const binds = hc.Binds ?? [];
   const expectedBind = `${ctx.workspaceDir}:${WORKSPACE_MOUNT}:rw`;
-  if (binds.length !== 1 || binds[0] !== expectedBind) fail(`binds must be exactly the session workspace (${expectedBind})`);
+  if (ctx.socketDir === undefined) {
+    if (binds.length !== 1 || binds[0] !== expectedBind) fail(`binds must be exactly the session workspace (${expectedBind})`);
+  } else {
+    if (!isSafeWorkspacePath(ctx.socketDir)) fail(`socket directory ${ctx.socketDir} is not a safe host path`);
+    const socketBind = `${ctx.socketDir}:${SOCKET_MOUNT}:rw`;
+    if (binds.length !== 2 || binds[0] !== expectedBind || binds[1] !== socketBind) fail(`binds must be exactly the session workspace and its socket directory (${expectedBind}, ${socketBind})`);
+    if (Object.keys(hc.PortBindings ?? {}).length > 0) fail("a port published beside Jupyter's socket");
+  }
   if (binds.some((b) => b.includes("docker.sock"))) fail("the Docker socket");
   const restart = hc.RestartPolicy?.Name ?? "";
   if (restart !== "" && restart !== "no") fail(`restart policy ${restart}`);

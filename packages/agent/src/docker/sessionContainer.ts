@@ -11,13 +11,15 @@ export interface SessionConfig {
   baseUrl: string;
   /** Jupyter's allow_origin: the control plane's origin in relay mode, "" (same origin) otherwise. */
   allowOrigin: string;
+  /** Relay mode: the Unix socket Jupyter listens on instead of a port (/run/runit/jupyter.sock). */
+  socket?: string;
 }
 
 /** A started session container. */
 export interface RunningContainer {
   id: string;
-  /** Host port on 127.0.0.1 where Jupyter is published. */
-  hostPort: number;
+  /** Host port on 127.0.0.1 where Jupyter is published; absent when it listens on its socket. */
+  hostPort?: number;
 }
 
 /**
@@ -29,12 +31,13 @@ export interface RunningContainer {
 export async function startSessionContainer(
   docker: Docker,
   spec: ContainerCreateOptions,
-  workspaceDir: string,
+  /** The host paths the spec must mount, and nothing else (checked again here). */
+  mounts: { workspaceDir: string; socketDir?: string | undefined },
   config: SessionConfig,
   logger: AgentLogger,
   timeoutMs = 30_000,
 ): Promise<RunningContainer> {
-  assertHardened(spec, { workspaceDir });
+  assertHardened(spec, mounts);
   const container = await docker.createContainer(spec);
   const out = new PassThrough();
   const runningAs = waitForLine(out, /^Running as: (.+)$/, timeoutMs);
@@ -54,6 +57,7 @@ export async function startSessionContainer(
     const user = await runningAs;
     logger.info(`[docker] Running as: ${user}`);
     out.resume();
+    if (config.socket) return { id: container.id };
     const info = await container.inspect();
     const binding = info.NetworkSettings.Ports[`${JUPYTER_CONTAINER_PORT}/tcp`]?.[0];
     const hostPort = Number(binding?.HostPort);

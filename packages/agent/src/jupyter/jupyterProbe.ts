@@ -1,7 +1,5 @@
 import { JupyterKernelsSchema, JupyterStatusSchema, type Secret } from "@runit/protocol";
-
-/** The fetch the probes use (injected; tests may pass a fake). */
-export type FetchLike = typeof fetch;
+import { NotASocketError, jupyterGetJson, pinJupyterSocket, type JupyterEndpoint, type SessionSocketPaths } from "./jupyterEndpoint.js";
 
 /** Jupyter's own view of its activity. */
 export interface JupyterActivity {
@@ -13,26 +11,13 @@ export interface JupyterActivity {
   busy: boolean;
 }
 
-function apiUrl(port: number, basePath: string, path: string): string {
-  return `http://127.0.0.1:${port}${basePath}${path}`;
-}
-
-async function getJson(fetchFn: FetchLike, url: string, token: Secret, timeoutMs: number): Promise<unknown> {
-  const res = await fetchFn(url, {
-    headers: { Authorization: `token ${token}` },
-    signal: AbortSignal.timeout(timeoutMs),
-  });
-  if (!res.ok) throw new Error(`Jupyter answered ${res.status} on ${new URL(url).pathname}`);
-  return res.json();
-}
-
 /**
  * Reads activity without creating any: /api/status does not track activity, and
  * `no_track_activity=1` keeps /api/kernels from counting as use.
  */
-export async function readJupyterActivity(fetchFn: FetchLike, port: number, basePath: string, token: Secret): Promise<JupyterActivity> {
-  const status = JupyterStatusSchema.parse(await getJson(fetchFn, apiUrl(port, basePath, "api/status"), token, 5000));
-  const kernels = JupyterKernelsSchema.parse(await getJson(fetchFn, apiUrl(port, basePath, "api/kernels?no_track_activity=1"), token, 5000));
+export async function readJupyterActivity(endpoint: JupyterEndpoint, basePath: string, token: Secret): Promise<JupyterActivity> {
+  const status = JupyterStatusSchema.parse(await jupyterGetJson(endpoint, `${basePath}api/status`, token, 5000));
+  const kernels = JupyterKernelsSchema.parse(await jupyterGetJson(endpoint, `${basePath}api/kernels?no_track_activity=1`, token, 5000));
   return {
     lastActivity: status.last_activity,
     connections: status.connections,
@@ -40,22 +25,30 @@ export async function readJupyterActivity(fetchFn: FetchLike, port: number, base
   };
 }
 
-/** Waits until Jupyter answers /api/status with the token; throws after `timeoutMs`. */
+/**
+ * Waits until Jupyter answers /api/status with the token; throws after `timeoutMs`. With
+ * `socket`, first waits for Jupyter to bind its socket and pins it (see jupyterEndpoint.ts): the
+ * endpoint is then `socket.link`, and anything but a socket under the socket's name fails at once.
+ */
 export async function waitForJupyter(
-  fetchFn: FetchLike,
-  port: number,
+  endpoint: JupyterEndpoint,
   basePath: string,
   token: Secret,
   timeoutMs = 60_000,
   isAlive: () => Promise<boolean> = async () => true,
+  socket?: SessionSocketPaths,
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let lastError = "";
+  let pinned = socket === undefined;
   for (let attempt = 0; Date.now() < deadline && attempt < 10_000; attempt++) {
     try {
-      await getJson(fetchFn, apiUrl(port, basePath, "api/status"), token, 2000);
+      if (!pinned && socket) pinned = await pinJupyterSocket(socket);
+      if (!pinned) throw new Error("its socket is not there yet");
+      await jupyterGetJson(endpoint, `${basePath}api/status`, token, 2000);
       return;
     } catch (err) {
+      if (err instanceof NotASocketError) throw err;
       lastError = (err as Error).message;
     }
     if (!(await isAlive())) throw new Error("the Jupyter container stopped before it was ready");

@@ -10,6 +10,7 @@ import {
 import { ControlPlaneError } from "../controlPlaneClient.js";
 import type { AgentLogger } from "../logger.js";
 import { CLOSE_CODE, TunnelLink, WebSocketRefusedError, dialWebSocket } from "@runit/relay-link";
+import { hostHeaderPort } from "../jupyter/jupyterEndpoint.js";
 import { RelayUpstream, type UpstreamCounters } from "./relayUpstream.js";
 import type { SessionTunnel, TunnelAttachment, TunnelEvent } from "./types.js";
 
@@ -69,9 +70,10 @@ export function tunnelUrl(serverUrl: string): string {
  * `/agent/tunnel` with the session secret, keeps the WebSocket alive with ping/pong, redials with
  * exponential backoff when it drops (a `fatal` event instead when the control plane speaks another
  * protocol version), and connects each stream the control plane opens to the
- * session's Jupyter on 127.0.0.1 (one TCP connection per stream, bytes piped). Its hello tells the
- * control plane Jupyter's port and token, so the control plane's HTTP client authenticates itself
- * and the token never reaches a renter.
+ * session's Jupyter (one connection to its Unix socket per stream, bytes piped). Its hello tells
+ * the control plane Jupyter's token (and the port Jupyter believes it serves on, for the Host
+ * header), so the control plane's HTTP client authenticates itself and the token never reaches a
+ * renter.
  */
 export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
   const pingIntervalMs = opts.pingIntervalMs ?? 15_000;
@@ -153,7 +155,7 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
         );
         link = socketLink;
         // Where Jupyter listens and its token: the control plane's HTTP client authenticates itself.
-        socketLink.sendControl({ type: "hello", protocolVersion: PROTOCOL_VERSION, jupyterPort: current.jupyterPort, jupyterToken: current.jupyterToken });
+        socketLink.sendControl({ type: "hello", protocolVersion: PROTOCOL_VERSION, jupyterPort: hostHeaderPort(current.jupyter), jupyterToken: current.jupyterToken });
         opts.logger.info(`[agent] relay tunnel connected for: ${current.sessionId}`);
         clearInterval(pingTimer);
         pingTimer = setInterval(() => socketLink.heartbeat(), pingIntervalMs);
@@ -175,7 +177,7 @@ export function createRelayTunnel(opts: RelayTunnelOptions): RelayTunnel {
     async attach(attachment: TunnelAttachment): Promise<void> {
       reg = attachment;
       upstream = new RelayUpstream({
-        port: attachment.jupyterPort,
+        jupyter: attachment.jupyter,
         maxWindowBytes: opts.maxStreamWindowBytes ?? 4 * DEFAULT_STREAM_WINDOW_BYTES,
       });
       opts.logger.info(

@@ -1,10 +1,11 @@
 import { connect, type Socket } from "node:net";
 import { MAX_DATA_FRAME_PAYLOAD, type OpenFrame } from "@runit/protocol";
 import type { TunnelLink, TunnelStream } from "@runit/relay-link";
+import { connectOptions, type JupyterEndpoint } from "../jupyter/jupyterEndpoint.js";
 
-/** Where relayed connections go: the session's Jupyter on 127.0.0.1, and nowhere else. */
+/** Where relayed connections go: the session's Jupyter (its pinned socket), and nowhere else. */
 export interface UpstreamTarget {
-  port: number;
+  jupyter: JupyterEndpoint;
   /** Largest stream window the agent accepts from the control plane. */
   maxWindowBytes: number;
 }
@@ -17,11 +18,11 @@ export interface UpstreamCounters {
 }
 
 /**
- * Connects the streams the control plane opens to Jupyter: one TCP connection to
- * 127.0.0.1:<jupyter port> per stream, bytes piped both ways under the stream's credit. The agent
- * parses nothing here: the control plane speaks HTTP to Jupyter over these connections (it adds
- * Jupyter's token, which the agent handed it in its hello), and a connection can only ever reach
- * that one port.
+ * Connects the streams the control plane opens to Jupyter: one connection to its Unix socket
+ * (127.0.0.1:<port> in tests and for a TCP endpoint) per stream, bytes piped both ways under the
+ * stream's credit. The agent parses nothing here: the control plane speaks HTTP to Jupyter over
+ * these connections (it adds Jupyter's token, which the agent handed it in its hello), and a
+ * connection can only ever reach that one endpoint.
  */
 export class RelayUpstream {
   readonly counters: UpstreamCounters = { rxBytes: 0, txBytes: 0, lastActivity: 0 };
@@ -45,8 +46,7 @@ export class RelayUpstream {
     let paused = false;
     let readInto: Buffer | undefined;
     const socket: Socket = connect({
-      host: "127.0.0.1",
-      port: this.target.port,
+      ...connectOptions(this.target.jupyter),
       noDelay: true,
       onread: {
         buffer: () => (readInto = this.readBuffer(readInto)),

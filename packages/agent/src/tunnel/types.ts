@@ -1,4 +1,5 @@
 import type { Secret, TunnelSpec } from "@runit/protocol";
+import type { JupyterEndpoint } from "../jupyter/jupyterEndpoint.js";
 import type { AgentLogger } from "../logger.js";
 
 /** What a tunnel learns once the session is registered. */
@@ -7,8 +8,8 @@ export interface TunnelAttachment {
   serverUrl: string;
   sessionId: string;
   sessionSecret: Secret;
-  /** Host port (on 127.0.0.1) where the session's Jupyter is published. */
-  jupyterPort: number;
+  /** Where the session's Jupyter listens: its pinned Unix socket (relay) or its port on 127.0.0.1. */
+  jupyter: JupyterEndpoint;
   jupyterToken: Secret;
   /** Jupyter's base_url: `/s/<id>/` in relay mode, `/` in cloudflared mode. */
   basePath: string;
@@ -42,8 +43,8 @@ export interface SessionTunnel {
 /** What every tunnel factory receives. */
 export interface TunnelContext {
   logger: AgentLogger;
-  /** Host port of the session's Jupyter (127.0.0.1). */
-  jupyterPort: number;
+  /** Where the session's Jupyter listens. */
+  jupyter: JupyterEndpoint;
 }
 
 /** Makes the tunnel of one session. */
