@@ -11,7 +11,8 @@ await tunnel.attach({
   serverUrl: env.BENCH_SERVER_URL,
   sessionId: env.BENCH_SESSION_ID,
   sessionSecret: env.BENCH_SESSION_SECRET,
-  jupyterPort: Number(env.BENCH_JUPYTER_PORT),
+  // BENCH_JUPYTER_SOCKET: the pinned link to Jupyter's Unix socket, as the agent uses in relay mode.
+  jupyter: env.BENCH_JUPYTER_SOCKET ? { kind: "socket", path: env.BENCH_JUPYTER_SOCKET } : { kind: "tcp", port: Number(env.BENCH_JUPYTER_PORT) },
   jupyterToken: env.BENCH_JUPYTER_TOKEN,
   basePath: `/s/${env.BENCH_SESSION_ID}/`,
 });
