@@ -14,10 +14,21 @@ export function pidFilePath(stateDir: string, agentName: string): string {
   return join(stateDir, `${agentName}.pid`);
 }
 
+/**
+ * A state file written before relay mode moved Jupyter to a Unix socket (2026-12-02) names its
+ * published port as `hostPort`: that session's container still publishes it, so the agent can
+ * re-adopt it over TCP after an upgrade instead of leaving it registered until it goes stale.
+ */
+function upgradeLegacyState(raw: unknown): unknown {
+  if (typeof raw !== "object" || raw === null || "jupyter" in raw) return raw;
+  const { hostPort, ...rest } = raw as { hostPort?: unknown };
+  return typeof hostPort === "number" ? { ...rest, jupyter: { kind: "tcp", port: hostPort } } : raw;
+}
+
 /** Reads the persisted session, or undefined when there is none or it is unreadable. */
 export async function readLiveSession(stateDir: string, agentName: string): Promise<LiveSessionState | undefined> {
   try {
-    const parsed = AgentSessionStateSchema.safeParse(JSON.parse(await readFile(statePath(stateDir, agentName), "utf8")));
+    const parsed = AgentSessionStateSchema.safeParse(upgradeLegacyState(JSON.parse(await readFile(statePath(stateDir, agentName), "utf8"))));
     return parsed.success ? parsed.data : undefined;
   } catch {
     return undefined;

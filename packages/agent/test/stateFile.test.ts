@@ -1,9 +1,9 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { removePidFile, runningAgentPid, writePidFile } from "../src/stateFile.js";
+import { readLiveSession, removePidFile, runningAgentPid, writeLiveSession, writePidFile } from "../src/stateFile.js";
 
 // The pid-file guard that keeps two agents with one name from running (and re-adopting the same
 // persisted session) at once.
@@ -54,5 +54,32 @@ describe("runningAgentPid", () => {
     expect(await runningAgentPid(dir, "a")).toBeUndefined();
     await writePidFile(dir, "a", await liveProcess("not-an-agent"));
     expect(await runningAgentPid(dir, "a")).toBeUndefined();
+  });
+});
+
+describe("the live-session state file", () => {
+  const state = {
+    sessionId: "0b3f6c1e-2d4a-4c6b-8e9f-1a2b3c4d5e6f",
+    sessionSecret: "s".repeat(43),
+    jupyterToken: "j".repeat(43),
+    containerId: "c0ffee",
+    basePath: "/s/0b3f6c1e-2d4a-4c6b-8e9f-1a2b3c4d5e6f/",
+    tunnel: "relay" as const,
+    workspaceDir: "/srv/ws/0b3f6c1e-2d4a-4c6b-8e9f-1a2b3c4d5e6f",
+  };
+
+  it("round-trips a session on its Unix socket", async () => {
+    const dir = stateDir();
+    const s = { ...state, jupyter: { kind: "socket" as const, path: "/srv/ws/.jupyter-sockets/x.sock" } };
+    await writeLiveSession(dir, "a", s);
+    expect(await readLiveSession(dir, "a")).toEqual(s);
+  });
+
+  it("reads a file from before the socket (hostPort) as a TCP endpoint, so an upgrade can re-adopt it", async () => {
+    const dir = stateDir();
+    writeFileSync(join(dir, "a.session.json"), JSON.stringify({ ...state, hostPort: 49153 }));
+    expect(await readLiveSession(dir, "a")).toEqual({ ...state, jupyter: { kind: "tcp", port: 49153 } });
+    writeFileSync(join(dir, "a.session.json"), JSON.stringify({ ...state, hostPort: "49153" }));
+    expect(await readLiveSession(dir, "a")).toBeUndefined();
   });
 });
