@@ -111,7 +111,6 @@ export interface ManagedContainer {
   id: string;
   sessionId: string;
   running: boolean;
-  hostPort: number | undefined;
 }
 
 /** Lists every container this agent instance created (label runit.agent=<name>), running or not. */
@@ -124,7 +123,6 @@ export async function listAgentContainers(docker: Docker, agentName: string): Pr
     id: c.Id,
     sessionId: c.Labels[LABELS.session] ?? "",
     running: c.State === "running",
-    hostPort: c.Ports.find((p) => p.PrivatePort === JUPYTER_CONTAINER_PORT && p.IP === "127.0.0.1")?.PublicPort,
   }));
 }
 
