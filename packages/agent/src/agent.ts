@@ -7,7 +7,7 @@ import { ControlPlaneError, backoffDelay, createControlPlaneClient } from "./con
 import { listAgentContainers, listMountSources, removeContainer } from "./docker/sessionContainer.js";
 import { ensureSessionImage } from "./docker/sessionImage.js";
 import { isolateSessionNetwork } from "./docker/sessionFirewall.js";
-import { ensureSessionNetwork } from "./docker/sessionNetwork.js";
+import { SessionNetworkError, ensureSessionNetwork } from "./docker/sessionNetwork.js";
 import { detectHardware } from "./hardware.js";
 import { createLogger, type AgentLogger } from "./logger.js";
 import { resolveAgentOptions, type AgentOptions } from "./options.js";
@@ -122,7 +122,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
   }
   await connectDocker(docker);
   await ensureSessionImage(docker, o.image, logger);
-  await ensureSessionNetwork(docker, o.network);
+  await ensureSessionNetwork(docker, o.network).catch((err: Error) => {
+    throw err instanceof SessionNetworkError ? new AgentStartError(err.message) : err;
+  });
   await protectHost(docker, o.network, o.hostFirewall, logger);
   await prepareWorkspaceRoot(o.workspaceRoot, logger);
   if (o.writePidFile) await writePidFile(o.stateDir, o.agentName);

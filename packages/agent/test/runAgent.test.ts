@@ -102,7 +102,7 @@ async function world(): Promise<World> {
   w.docker = {
     ping: async () => "OK",
     getImage: () => ({ inspect: async () => ({}) }),
-    listNetworks: async () => [{ Name: "runit-sessions" }],
+    listNetworks: async () => [{ Name: "runit-sessions", Driver: "bridge", Options: { "com.docker.network.bridge.enable_icc": "false" } }],
     listContainers: async (opts?: { filters?: { label?: string[] } }) => w.containers.filter((c) => labelled(c, opts?.filters)),
     getContainer: (id: string) => ({
       inspect: async () => ({ State: { Running: true } }),
