@@ -15,7 +15,7 @@ import { recoverSessions } from "./recovery.js";
 import { sessionInfo, type AgentContext, type LiveSession, type SessionEndReason, type SessionInfo } from "./sessionContext.js";
 import { startSession } from "./sessionStart.js";
 import { watchSession } from "./sessionWatch.js";
-import { clearLiveSession, removePidFile, runningAgentPid, writePidFile } from "./stateFile.js";
+import { claimPidFile, clearLiveSession, removePidFile } from "./stateFile.js";
 import { createCloudflaredTunnel } from "./tunnel/cloudflared.js";
 import { createRelayTunnel } from "./tunnel/relay.js";
 import type { TunnelFactory } from "./tunnel/types.js";
@@ -117,17 +117,21 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
   const fetchFn = options.fetch ?? fetch;
   if (o.writePidFile) {
     // Two processes with one name would both re-adopt the same persisted session and fight over it.
-    const other = await runningAgentPid(o.stateDir, o.agentName);
+    const other = await claimPidFile(o.stateDir, o.agentName);
     if (other !== undefined) throw new AgentStartError(`agent ${o.agentName} is already running (pid ${other}); stop it first: runit-agent stop --name ${o.agentName}`);
   }
-  await connectDocker(docker);
-  await ensureSessionImage(docker, o.image, logger);
-  await ensureSessionNetwork(docker, o.network).catch((err: Error) => {
-    throw err instanceof SessionNetworkError ? new AgentStartError(err.message) : err;
-  });
-  await protectHost(docker, o.network, o.hostFirewall, logger);
-  await prepareWorkspaceRoot(o.workspaceRoot, logger);
-  if (o.writePidFile) await writePidFile(o.stateDir, o.agentName);
+  try {
+    await connectDocker(docker);
+    await ensureSessionImage(docker, o.image, logger);
+    await ensureSessionNetwork(docker, o.network).catch((err: Error) => {
+      throw err instanceof SessionNetworkError ? new AgentStartError(err.message) : err;
+    });
+    await protectHost(docker, o.network, o.hostFirewall, logger);
+    await prepareWorkspaceRoot(o.workspaceRoot, logger);
+  } catch (err) {
+    if (o.writePidFile) await removePidFile(o.stateDir, o.agentName);
+    throw err;
+  }
 
   const events = new EventEmitter();
   const ctx: AgentContext = {

@@ -55,6 +55,29 @@ export async function writePidFile(stateDir: string, agentName: string, pid = pr
   await writeFile(pidFilePath(stateDir, agentName), `${pid}\n`, { mode: 0o600 });
 }
 
+/**
+ * Claims the agent name for this process, first thing at start: writes the pid file with O_EXCL,
+ * replacing a stale one (see runningAgentPid). Returns the pid of a live runit-agent that holds
+ * the name instead. Claiming before the preflight (which may build the image for a minute) rather
+ * than after it keeps a second `start` with the same name from slipping in meanwhile.
+ */
+export async function claimPidFile(stateDir: string, agentName: string, pid = process.pid): Promise<number | undefined> {
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const path = pidFilePath(stateDir, agentName);
+  for (let attempt = 0; attempt < 5; attempt++) {
+    try {
+      await writeFile(path, `${pid}\n`, { mode: 0o600, flag: "wx" });
+      return undefined;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+    const other = await runningAgentPid(stateDir, agentName, pid);
+    if (other !== undefined) return other;
+    await rm(path, { force: true }); // stale: its process is gone
+  }
+  throw new Error(`could not claim ${path}: it keeps reappearing`);
+}
+
 /** Reads the pid file; undefined when absent or garbage. */
 export async function readPidFile(stateDir: string, agentName: string): Promise<number | undefined> {
   try {

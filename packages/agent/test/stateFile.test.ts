@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { readLiveSession, removePidFile, runningAgentPid, writeLiveSession, writePidFile } from "../src/stateFile.js";
+import { claimPidFile, readLiveSession, readPidFile, removePidFile, runningAgentPid, writeLiveSession, writePidFile } from "../src/stateFile.js";
 
 // The pid-file guard that keeps two agents with one name from running (and re-adopting the same
 // persisted session) at once.
@@ -81,5 +81,28 @@ describe("the live-session state file", () => {
     expect(await readLiveSession(dir, "a")).toEqual({ ...state, jupyter: { kind: "tcp", port: 49153 } });
     writeFileSync(join(dir, "a.session.json"), JSON.stringify({ ...state, hostPort: "49153" }));
     expect(await readLiveSession(dir, "a")).toBeUndefined();
+  });
+});
+
+describe("claimPidFile", () => {
+  it("lets exactly one of two simultaneous starts with one name hold it; the other learns the holder's pid", async () => {
+    const dir = stateDir();
+    const [a, b] = [await liveProcess("runit-agent", "start"), await liveProcess("runit-agent", "start")];
+    const results = await Promise.all([claimPidFile(dir, "x", a), claimPidFile(dir, "x", b)]);
+    const holder = await readPidFile(dir, "x");
+    expect([a, b]).toContain(holder);
+    expect(results.filter((r) => r === undefined)).toHaveLength(1);
+    expect(results.find((r) => r !== undefined)).toBe(holder);
+  });
+
+  it("replaces a stale pid file, and refuses while its holder lives", async () => {
+    const dir = stateDir();
+    await writePidFile(dir, "x", 2 ** 22 + 12345); // no such process
+    const a = await liveProcess("runit-agent", "start");
+    expect(await claimPidFile(dir, "x", a)).toBeUndefined();
+    expect(await readPidFile(dir, "x")).toBe(a);
+    const b = await liveProcess("runit-agent", "start");
+    expect(await claimPidFile(dir, "x", b)).toBe(a);
+    expect(await readPidFile(dir, "x")).toBe(a);
   });
 });
