@@ -1,5 +1,6 @@
 import { DEFAULT_TIMERS, asSecret } from "@runit/protocol";
 import { listAgentContainers, removeContainer, type ManagedContainer } from "./docker/sessionContainer.js";
+import { sessionSocketPaths } from "./jupyter/jupyterEndpoint.js";
 import { readJupyterActivity } from "./jupyter/jupyterProbe.js";
 import type { AgentContext, LiveSession } from "./sessionContext.js";
 import { clearLiveSession, readLiveSession, type LiveSessionState } from "./stateFile.js";
@@ -21,7 +22,10 @@ export async function recoverSessions(ctx: AgentContext): Promise<LiveSession | 
   if (!state) return undefined;
   ctx.secrets.add(state.sessionSecret);
   ctx.secrets.add(state.jupyterToken);
-  const adopted = candidate && state.tunnel === o.tunnel ? await tryAdopt(ctx, state) : undefined;
+  // A socket link elsewhere than this root's (--workspace-root changed) is not adopted: the end of
+  // the session and the purge clean up under this root only.
+  const ownSocket = state.jupyter.kind !== "socket" || state.jupyter.path === sessionSocketPaths(o.workspaceRoot, state.sessionId).link;
+  const adopted = candidate && state.tunnel === o.tunnel && ownSocket ? await tryAdopt(ctx, state) : undefined;
   if (adopted) return adopted;
   await ctx.client.deregister(state.sessionId, asSecret(state.sessionSecret)).catch((err: Error) => {
     logger.error(`[agent] could not deregister leftover session ${state.sessionId}: ${err.message}`);

@@ -5,7 +5,7 @@ import { ControlPlaneError, backoffDelay, type Registration } from "./controlPla
 import { diskTooFull } from "./diskGuard.js";
 import { hardenedContainerSpec } from "./docker/hardenedSpec.js";
 import { isContainerRunning, removeContainer, startSessionContainer, type RunningContainer } from "./docker/sessionContainer.js";
-import { SOCKET_IN_CONTAINER, createSocketDir, removeSocketDir, type JupyterEndpoint, type SessionSocketPaths } from "./jupyter/jupyterEndpoint.js";
+import { SOCKET_IN_CONTAINER, createSocketDir, removeSocketDir, sessionSocketPaths, type JupyterEndpoint, type SessionSocketPaths } from "./jupyter/jupyterEndpoint.js";
 import { waitForJupyter } from "./jupyter/jupyterProbe.js";
 import type { AgentContext, LiveSession } from "./sessionContext.js";
 import { writeLiveSession } from "./stateFile.js";
@@ -45,11 +45,12 @@ export async function startSession(ctx: AgentContext, signal: AbortSignal): Prom
   const basePath = tunnelKind === "relay" ? relayBasePath(sessionId) : "/";
   const workspaceDir = await createSessionWorkspace(o.workspaceRoot, sessionId);
   logger.info(`[agent] session workspace: ${workspaceDir}`);
-  // Relay mode: Jupyter listens on a Unix socket only the agent can reach (jupyterEndpoint.ts).
-  const socket = tunnelKind === "relay" ? await createSocketDir(o.workspaceRoot, sessionId) : undefined;
+  // Relay mode: Jupyter listens on a Unix socket, reached through the agent's pin (jupyterEndpoint.ts).
+  const socket = tunnelKind === "relay" ? sessionSocketPaths(o.workspaceRoot, sessionId) : undefined;
   logger.info("[agent] starting dockerized jupyter...");
   const mounts = { workspaceDir, socketDir: socket?.dir };
   const spec = hardenedContainerSpec({ sessionId, agentName: o.agentName, ...mounts, image: o.image, network: o.network, limits: o.limits });
+  if (socket) await createSocketDir(o.workspaceRoot, sessionId).catch(async (err: Error) => (await removeSocketDir(socket), Promise.reject(err)));
   const allowOrigin = tunnelKind === "relay" ? new URL(o.serverUrl).origin : "";
   const config = { token: jupyterToken, baseUrl: basePath, allowOrigin, ...(socket ? { socket: SOCKET_IN_CONTAINER } : {}) };
   const running = await startSessionContainer(ctx.docker, spec, mounts, config, logger).catch(async (err: Error) => {
@@ -109,8 +110,12 @@ export async function startSession(ctx: AgentContext, signal: AbortSignal): Prom
   } catch (err) {
     if (registration) await ctx.client.deregister(sessionId, registration.sessionSecret).catch(() => undefined);
     await tunnel?.close().catch(() => undefined);
-    await removeContainer(ctx.docker, running.id).catch(() => undefined);
-    if (socket) await removeSocketDir(socket).catch(() => undefined);
+    const removed = await removeContainer(ctx.docker, running.id).then(
+      () => true,
+      () => false,
+    );
+    // Only once no container mounts it (a renter could race a deletion); else the purge takes it later.
+    if (socket && removed) await removeSocketDir(socket).catch(() => undefined);
     throw err;
   }
 }

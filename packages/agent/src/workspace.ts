@@ -125,7 +125,7 @@ export async function purgeOldWorkspaces(root: string, o: PurgeOptions): Promise
 }
 
 /** Each path as given (resolved) and with symlinks resolved: Docker reports a mount's path as given. */
-async function canonicalPaths(paths: readonly string[]): Promise<string[]> {
+export async function canonicalPaths(paths: readonly string[]): Promise<string[]> {
   const out = new Set<string>();
   for (const p of paths) {
     out.add(resolve(p));

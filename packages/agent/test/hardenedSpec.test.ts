@@ -156,6 +156,11 @@ describe("hardenedContainerSpec in relay mode (Jupyter on its Unix socket)", () 
     expect(() => hardenedContainerSpec({ sessionId: "0b3f6c1e-2d4a-4c6b-8e9f-1a2b3c4d5e6f", agentName: "u", workspaceDir: WS, socketDir: "/var/run" })).toThrow(
       "socket directory /var/run is not a safe host path",
     );
+    // Only the session's own socket directory, beside its workspace: not the workspace, nor inside it, nor the root.
+    const o = { sessionId: "0b3f6c1e-2d4a-4c6b-8e9f-1a2b3c4d5e6f", agentName: "u", workspaceDir: WS };
+    for (const socketDir of [WS, `${WS}/run`, "/srv/runit/workspace", "/srv/runit/workspace/.jupyter-sockets/another-session", "/home/alice/.ssh"]) {
+      expect(() => hardenedContainerSpec({ ...o, socketDir })).toThrow(`socket directory ${socketDir} is not the session's own (${SOCK})`);
+    }
     // A relay spec checked as if it had no socket directory: the second mount is refused.
     expect(() => assertHardened(relay(), { workspaceDir: WS })).toThrow("binds must be exactly the session workspace");
   });

@@ -88,7 +88,7 @@ describe("pinJupyterSocket", () => {
     await expect(pinJupyterSocket(p)).rejects.toThrow("is not a socket (another kind of file)");
   });
 
-  it("purges the entries of ended sessions, keeping the current one and any still mounted", async () => {
+  it("purges the entries of ended sessions, keeping the current one, any still mounted (by any spelling) and any young one", async () => {
     const sweep = mkdtempSync(join(tmpdir(), "runit-sweep-"));
     try {
       const [current, mounted, gone] = [randomUUID(), randomUUID(), randomUUID()];
@@ -96,7 +96,14 @@ describe("pinJupyterSocket", () => {
         const p = await createSocketDir(sweep, id);
         writeFileSync(p.link, "");
       }
-      expect(await purgeSocketDirs(sweep, new Set([current]), [sessionSocketPaths(sweep, mounted).dir])).toBe(1);
+      // A session that is starting has its directory before its container: too young to purge.
+      expect(await purgeSocketDirs(sweep, new Set(), [])).toBe(0);
+      // Another agent sharing the root through a symlinked path mounts `mounted` by that spelling.
+      const alias = `${sweep}-alias`;
+      symlinkSync(sweep, alias);
+      const later = { now: Date.now() + 2 * 3600_000 };
+      expect(await purgeSocketDirs(sweep, new Set([current]), [sessionSocketPaths(alias, mounted).dir], later)).toBe(1);
+      rmSync(alias);
       expect(existsSync(sessionSocketPaths(sweep, current).dir)).toBe(true);
       expect(existsSync(sessionSocketPaths(sweep, mounted).link)).toBe(true);
       expect([existsSync(sessionSocketPaths(sweep, gone).dir), existsSync(sessionSocketPaths(sweep, gone).link)]).toEqual([false, false]);

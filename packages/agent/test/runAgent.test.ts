@@ -7,12 +7,13 @@ import { randomUUID } from "node:crypto";
 import { chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, utimesSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type Docker from "dockerode";
 import { afterEach, describe, expect, it } from "vitest";
 import { runAgent, type AgentHandle } from "../src/agent.js";
 import { LABELS } from "../src/docker/hardenedSpec.js";
+import { sessionSocketPaths } from "../src/jupyter/jupyterEndpoint.js";
 import { readLiveSession, writeLiveSession } from "../src/stateFile.js";
 import type { SessionTunnel, TunnelEvent } from "../src/tunnel/types.js";
 
@@ -56,7 +57,7 @@ interface World {
 }
 
 /** An agent's leftovers after a SIGKILL: a persisted LOCKED session whose container still runs. */
-async function world(): Promise<World> {
+async function world(opts: { socketElsewhere?: boolean } = {}): Promise<World> {
   const base = mkdtempSync(join(tmpdir(), "runit-run-agent-"));
   dirs.push(base);
   const root = join(base, "workspace");
@@ -66,7 +67,8 @@ async function world(): Promise<World> {
   mkdirSync(workspaceDir, { recursive: true });
   const basePath = `/s/${sessionId}/`;
   // The adopted session's Jupyter, on the socket link the state file names.
-  const socketPath = join(base, "jupyter.sock");
+  const socketPath = opts.socketElsewhere ? join(base, "elsewhere.sock") : sessionSocketPaths(root, sessionId).link;
+  mkdirSync(dirname(socketPath), { recursive: true, mode: 0o700 });
   const jupyter = createServer((req, res) => {
     res.setHeader("Content-Type", "application/json");
     if (req.url === `${basePath}api/status`) return res.end(JSON.stringify({ last_activity: new Date().toISOString(), connections: 1, kernels: 1 }));
@@ -239,5 +241,13 @@ describe("runAgent after a restart", () => {
     expect(w.removed).toEqual(["c0ffee"]);
     expect(await readLiveSession(w.stateDir, AGENT)).toBeUndefined();
     expect(w.lines).not.toContain("[agent] offering a fresh session");
+  });
+
+  it("does not re-adopt a session whose socket link is not under this workspace root; it deregisters it", async () => {
+    const w = await world({ socketElsewhere: true });
+    // The fake engine creates no containers, so the fresh session offered instead fails to start.
+    await expect(start(w, fakeTunnel())).rejects.toThrow("createContainer");
+    expect(w.requests).toContain(`DELETE ${SERVER}/provider/session/${w.sessionId}`);
+    expect(w.removed).toEqual(["c0ffee"]);
   });
 });

@@ -1,3 +1,4 @@
+import { basename, dirname } from "node:path";
 import type { ContainerCreateOptions } from "dockerode";
 import { DEFAULT_CONTAINER_LIMITS } from "@runit/protocol";
 
@@ -15,6 +16,8 @@ export const SESSION_HOME = "/home/jupyteruser";
 export const WORKSPACE_MOUNT = "/workspace";
 /** Where a relay session's socket directory is mounted (Jupyter binds jupyter.sock in it). */
 export const SOCKET_MOUNT = "/run/runit";
+/** The directory beside the workspaces that holds every session's socket directory: `<root>/.jupyter-sockets/<sessionId>`. */
+export const SOCKETS_DIR = ".jupyter-sockets";
 /** uid:gid of jupyteruser in the image. */
 export const SESSION_USER = "1000:1000";
 
@@ -171,6 +174,10 @@ export function assertHardened(spec: ContainerCreateOptions, ctx: { workspaceDir
     if (binds.length !== 1 || binds[0] !== expectedBind) fail(`binds must be exactly the session workspace (${expectedBind})`);
   } else {
     if (!isSafeWorkspacePath(ctx.socketDir)) fail(`socket directory ${ctx.socketDir} is not a safe host path`);
+    // Exactly the session's own socket directory beside its workspace: never the workspace, the
+    // root, a path inside a workspace (the renter's), or anywhere else a caller might name.
+    const expectedDir = `${dirname(ctx.workspaceDir)}/${SOCKETS_DIR}/${basename(ctx.workspaceDir)}`;
+    if (ctx.socketDir !== expectedDir) fail(`socket directory ${ctx.socketDir} is not the session's own (${expectedDir})`);
     const socketBind = `${ctx.socketDir}:${SOCKET_MOUNT}:rw`;
     if (binds.length !== 2 || binds[0] !== expectedBind || binds[1] !== socketBind) fail(`binds must be exactly the session workspace and its socket directory (${expectedBind}, ${socketBind})`);
     if (Object.keys(hc.PortBindings ?? {}).length > 0) fail("a port published beside Jupyter's socket");

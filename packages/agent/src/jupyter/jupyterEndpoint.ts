@@ -14,12 +14,13 @@
 // behalf. `link(2)` does not follow a symlink (it links the symlink itself), so the agent links
 // first and then checks, with `lstat`, that what it linked is a socket; the link lives where the
 // renter cannot reach, so what was checked is what is connected to, for the session's life.
-import { chown, link, lstat, mkdir, readdir, rm, unlink } from "node:fs/promises";
+import { chown, link, lstat, mkdir, readdir, realpath, rm, unlink } from "node:fs/promises";
 import type { z } from "zod";
 import type { JupyterEndpointSchema } from "@runit/protocol";
 import { request } from "node:http";
-import { join, resolve } from "node:path";
-import { JUPYTER_CONTAINER_PORT, SOCKET_MOUNT } from "../docker/hardenedSpec.js";
+import { join, resolve, sep } from "node:path";
+import { JUPYTER_CONTAINER_PORT, SOCKETS_DIR, SOCKET_MOUNT } from "../docker/hardenedSpec.js";
+import { canonicalPaths } from "../workspace.js";
 
 /** How to reach a session's Jupyter: its Unix socket (relay), or its port on 127.0.0.1 (cloudflared). */
 export type JupyterEndpoint = z.infer<typeof JupyterEndpointSchema>;
@@ -28,8 +29,6 @@ export type JupyterEndpoint = z.infer<typeof JupyterEndpointSchema>;
 export const SOCKET_NAME = "jupyter.sock";
 export const SOCKET_IN_CONTAINER = `${SOCKET_MOUNT}/${SOCKET_NAME}`;
 
-/** The directory under the workspace root that holds every session's socket directory and link. */
-export const SOCKETS_DIR = ".jupyter-sockets";
 
 /** `net.connect` options for an endpoint (`http.request` names the socket `socketPath`). */
 export function connectOptions(e: JupyterEndpoint): { path: string } | { host: string; port: number } {
@@ -136,21 +135,43 @@ export function jupyterGetJson(e: JupyterEndpoint, path: string, token: string, 
   });
 }
 
+/** How old an unmounted socket directory must be before the purge removes it. */
+export const SOCKET_DIR_MIN_AGE_MS = 3600_000;
+
 /**
  * Removes socket directories and links left by sessions that are over (an agent killed before
- * its cleanup): every entry of `<root>/.jupyter-sockets/` except `keep`'s and any directory a
- * container still mounts. Returns how many sessions' entries it removed.
+ * its cleanup): entries of `<root>/.jupyter-sockets/` that are not `keep`'s, that no container
+ * mounts (compared as given and with symlinks resolved, as for workspaces), and that are older
+ * than `minAgeMs`. The age keeps a session that is starting right now, whose directory exists
+ * before its container does, out of reach: the purge must never walk a directory a renter can
+ * still write into (the agent may be root). Returns how many sessions' entries it removed.
  */
-export async function purgeSocketDirs(workspaceRoot: string, keep: ReadonlySet<string>, mountSources: readonly string[]): Promise<number> {
+export async function purgeSocketDirs(
+  workspaceRoot: string,
+  keep: ReadonlySet<string>,
+  mountSources: readonly string[],
+  o: { minAgeMs?: number; now?: number } = {},
+): Promise<number> {
   const base = join(resolve(workspaceRoot), SOCKETS_DIR);
   const names = await readdir(base).catch(() => [] as string[]);
-  const mounted = new Set(mountSources);
+  const realBase = await realpath(base).catch(() => base);
+  const mounted = await canonicalPaths(mountSources);
+  const now = o.now ?? Date.now();
+  const minAgeMs = o.minAgeMs ?? SOCKET_DIR_MIN_AGE_MS;
   let removed = 0;
   for (const sessionId of new Set(names.map((n) => n.replace(/\.sock$/, "")))) {
     const paths = sessionSocketPaths(workspaceRoot, sessionId);
-    if (keep.has(sessionId) || mounted.has(paths.dir)) continue;
+    const inUse = keep.has(sessionId) || [paths.dir, join(realBase, sessionId)].some((d) => mounted.some((m) => m === d || m.startsWith(d + sep)));
+    if (inUse) continue;
+    const changed = await Promise.all([paths.dir, paths.link].map((p) => lstat(p).then((i) => i.ctimeMs, () => 0)));
+    if (now - Math.max(...changed) < minAgeMs) continue;
     await removeSocketDir(paths);
     removed++;
   }
   return removed;
+}
+
+/** The socket directory and link of a session from its pinned link's path (`<base>/<id>.sock`). */
+export function socketPathsOfLink(link: string): SessionSocketPaths {
+  return { dir: link.replace(/\.sock$/, ""), link };
 }
