@@ -24,7 +24,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { chownSync, chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
 import { availableParallelism, tmpdir } from "node:os";
-import { createSocketDir, waitForJupyter } from "@runit/agent";
+import { SOCKET_IN_CONTAINER, createSocketDir, waitForJupyter } from "@runit/agent";
 import { join } from "node:path";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
@@ -204,6 +204,29 @@ async function waitOutput(proc, pattern, timeoutMs) {
   throw new Error(`no ${pattern} in output`);
 }
 
+/**
+ * `docker run` of runit-jupyter with the agent's hardening flags (read-only, tmpfs, no
+ * capabilities, uid 1000), the workspace mounted and `extra` added; hands it `config` on stdin as the agent
+ * does, and removes it at the end of the run.
+ */
+function runJupyterContainer(name, workspace, extra, config) {
+  const child = spawn("docker", [
+    "run", "--rm", "-i", "--name", name, "--read-only",
+    "--tmpfs", "/tmp:rw,noexec,nosuid,size=64m", "--tmpfs", "/home/jupyteruser:rw,nosuid,size=64m,uid=1000,gid=1000,mode=0700",
+    "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "1000:1000",
+    "-v", `${workspace}:/workspace`, ...extra, ...(PIN ? ["--cpuset-cpus", PROVIDER_CPU] : []), "runit-jupyter:latest",
+  ], { stdio: ["pipe", "ignore", "ignore"] });
+  child.stdin.end(`${JSON.stringify(config)}\n`);
+  cleanups.push(() => {
+    try {
+      execFileSync("docker", ["rm", "-f", name], { stdio: "ignore" });
+    } catch {
+      // already gone
+    }
+  });
+  return child;
+}
+
 async function startJupyter(sessionId, token) {
   const name = `runit-bench-${sessionId.slice(0, 8)}`;
   const workspace = mkdtempSync(join(tmpdir(), "runit-bench-ws-"));
@@ -212,21 +235,9 @@ async function startJupyter(sessionId, token) {
   const file = join(workspace, "1mib.bin");
   writeFileSync(file, randomBytes(1024 * 1024), { mode: 0o644 });
   chownSync(file, 1000, 1000);
-  const docker = spawn("docker", [
-    "run", "--rm", "-i", "--name", name, "--read-only",
-    "--tmpfs", "/tmp:rw,noexec,nosuid,size=64m", "--tmpfs", "/home/jupyteruser:rw,nosuid,size=64m,uid=1000,gid=1000,mode=0700",
-    "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "1000:1000",
-    "-p", "127.0.0.1::8888", "-v", `${workspace}:/workspace`, ...(PIN ? ["--cpuset-cpus", PROVIDER_CPU] : []), "runit-jupyter:latest",
-  ], { stdio: ["pipe", "ignore", "ignore"] });
-  docker.stdin.end(`${JSON.stringify({ token, baseUrl: `/s/${sessionId}/`, allowOrigin: "" })}\n`);
-  cleanups.push(() => {
-    try {
-      execFileSync("docker", ["rm", "-f", name], { stdio: "ignore" });
-    } catch {
-      // already gone
-    }
-    rmSync(workspace, { recursive: true, force: true });
-  });
+  const config = { token, baseUrl: `/s/${sessionId}/`, allowOrigin: "" };
+  runJupyterContainer(name, workspace, ["-p", "127.0.0.1::8888"], config);
+  cleanups.push(() => rmSync(workspace, { recursive: true, force: true }));
   let port = 0;
   for (let i = 0; i < 200 && !port; i++) {
     try {
@@ -257,21 +268,8 @@ async function startJupyter(sessionId, token) {
   const socketRoot = mkdtempSync(join(tmpdir(), "runit-bench-sock-"));
   const socket = await createSocketDir(socketRoot, sessionId);
   const socketName = `${name}-socket`;
-  const socketDocker = spawn("docker", [
-    "run", "--rm", "-i", "--name", socketName, "--read-only",
-    "--tmpfs", "/tmp:rw,noexec,nosuid,size=64m", "--tmpfs", "/home/jupyteruser:rw,nosuid,size=64m,uid=1000,gid=1000,mode=0700",
-    "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "1000:1000",
-    "-v", `${workspace}:/workspace`, "-v", `${socket.dir}:/run/runit`, ...(PIN ? ["--cpuset-cpus", PROVIDER_CPU] : []), "runit-jupyter:latest",
-  ], { stdio: ["pipe", "ignore", "ignore"] });
-  socketDocker.stdin.end(`${JSON.stringify({ token, baseUrl: `/s/${sessionId}/`, allowOrigin: "", socket: "/run/runit/jupyter.sock" })}\n`);
-  cleanups.push(() => {
-    try {
-      execFileSync("docker", ["rm", "-f", socketName], { stdio: "ignore" });
-    } catch {
-      // already gone
-    }
-    rmSync(socketRoot, { recursive: true, force: true });
-  });
+  const socketDocker = runJupyterContainer(socketName, workspace, ["-v", `${socket.dir}:/run/runit`], { ...config, socket: SOCKET_IN_CONTAINER });
+  cleanups.push(() => rmSync(socketRoot, { recursive: true, force: true }));
   await waitForJupyter({ kind: "socket", path: socket.link }, `/s/${sessionId}/`, token, 60_000, async () => socketDocker.exitCode === null, socket);
   const socketCpu = containerCpuReader(execFileSync("docker", ["inspect", "-f", "{{.Id}}", socketName]).toString().trim());
   if (socketCpu) machineParts.push({ name: "Jupyter on its socket", read: socketCpu });

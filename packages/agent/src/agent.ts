@@ -20,7 +20,7 @@ import { createCloudflaredTunnel } from "./tunnel/cloudflared.js";
 import { createRelayTunnel } from "./tunnel/relay.js";
 import type { TunnelFactory } from "./tunnel/types.js";
 import { purgeOldWorkspaces, secureWorkspaceRoot } from "./workspace.js";
-import { purgeSocketDirs, removeSocketDir, socketPathsOfLink } from "./jupyter/jupyterEndpoint.js";
+import { purgeSocketDirs, removeSocketDir, sessionSocketPaths } from "./jupyter/jupyterEndpoint.js";
 
 /** Events of a running agent. */
 export interface AgentEvents {
@@ -188,7 +188,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
     // The workspace that filled the disk goes at once, not after the retention. Only once its
     // container is gone: a renter who can still write into it could race the deletion.
     if (removed && s.jupyter.kind === "socket") {
-      await removeSocketDir(socketPathsOfLink(s.jupyter.path)).catch((err: Error) => logger.error(`[agent] could not delete the socket directory of ${s.sessionId}: ${err.message}`));
+      await removeSocketDir(sessionSocketPaths(o.workspaceRoot, s.sessionId)).catch((err: Error) => logger.error(`[agent] could not delete the socket directory of ${s.sessionId}: ${err.message}`));
     }
     if (end.by === "agent" && end.reason === "DISK_LOW" && removed) {
       await rm(s.workspaceDir, { recursive: true, force: true }).catch((err: Error) => logger.error(`[agent] could not delete workspace ${s.workspaceDir}: ${err.message}`));

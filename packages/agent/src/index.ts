@@ -24,6 +24,6 @@ export { createSessionWorkspace, purgeOldWorkspaces } from "./workspace.js";
 export { DEFAULT_MIN_FREE_DISK_MB, diskTooFull, freeDiskMb } from "./diskGuard.js";
 export { runDoctor, type DoctorCheck } from "./doctor.js";
 export { readJupyterActivity, waitForJupyter } from "./jupyter/jupyterProbe.js";
-export { createSocketDir, jupyterGetJson, pinJupyterSocket, removeSocketDir, sessionSocketPaths, NotASocketError, type JupyterEndpoint, type SessionSocketPaths } from "./jupyter/jupyterEndpoint.js";
+export { SOCKET_IN_CONTAINER, createSocketDir, jupyterGetJson, pinJupyterSocket, removeSocketDir, sessionSocketPaths, NotASocketError, type JupyterEndpoint, type SessionSocketPaths } from "./jupyter/jupyterEndpoint.js";
 export { isolateSessionNetwork, releaseSessionNetwork, SessionFirewallError, SESSION_EGRESS_CHAIN, SESSION_INPUT_CHAIN } from "./docker/sessionFirewall.js";
 export { tuneGcForRelay } from "@runit/relay-link";

@@ -50,16 +50,16 @@ export async function startSession(ctx: AgentContext, signal: AbortSignal): Prom
   logger.info("[agent] starting dockerized jupyter...");
   const mounts = { workspaceDir, socketDir: socket?.dir };
   const spec = hardenedContainerSpec({ sessionId, agentName: o.agentName, ...mounts, image: o.image, network: o.network, limits: o.limits });
-  if (socket) await createSocketDir(o.workspaceRoot, sessionId).catch(async (err: Error) => (await removeSocketDir(socket), Promise.reject(err)));
+  if (socket) await createSocketDir(o.workspaceRoot, sessionId);
   const allowOrigin = tunnelKind === "relay" ? new URL(o.serverUrl).origin : "";
   const config = { token: jupyterToken, baseUrl: basePath, allowOrigin, ...(socket ? { socket: SOCKET_IN_CONTAINER } : {}) };
-  const running = await startSessionContainer(ctx.docker, spec, mounts, config, logger).catch(async (err: Error) => {
-    if (socket) await removeSocketDir(socket);
-    throw err;
-  });
+  let container: RunningContainer | undefined;
   let tunnel: SessionTunnel | undefined;
   let registration: Registration | undefined;
   try {
+    // A start that fails removes its own container.
+    const running = await startSessionContainer(ctx.docker, spec, mounts, config, logger);
+    container = running;
     const jupyter = jupyterEndpointOf(running, socket);
     await waitForJupyter(jupyter, basePath, jupyterToken, 60_000, () => isContainerRunning(ctx.docker, running.id), socket);
     logger.info(`[agent] token detected: ${maskSecret(jupyterToken)}`);
@@ -110,10 +110,12 @@ export async function startSession(ctx: AgentContext, signal: AbortSignal): Prom
   } catch (err) {
     if (registration) await ctx.client.deregister(sessionId, registration.sessionSecret).catch(() => undefined);
     await tunnel?.close().catch(() => undefined);
-    const removed = await removeContainer(ctx.docker, running.id).then(
-      () => true,
-      () => false,
-    );
+    const removed = container
+      ? await removeContainer(ctx.docker, container.id).then(
+          () => true,
+          () => false,
+        )
+      : true;
     // Only once no container mounts it (a renter could race a deletion); else the purge takes it later.
     if (socket && removed) await removeSocketDir(socket).catch(() => undefined);
     throw err;

@@ -100,7 +100,7 @@ export async function purgeOldWorkspaces(root: string, o: PurgeOptions): Promise
     return result;
   }
   const realRoot = await realpath(absRoot).catch(() => absRoot);
-  const mounted = await canonicalPaths(o.mountSources);
+  const mounted = await mountTester(o.mountSources);
   const now = o.now ?? Date.now();
   for (const name of entries) {
     if (!SESSION_DIR.test(name)) continue;
@@ -108,7 +108,7 @@ export async function purgeOldWorkspaces(root: string, o: PurgeOptions): Promise
     try {
       const info = await lstat(dir);
       if (!info.isDirectory()) continue;
-      const inUse = o.keep.has(name) || [dir, join(realRoot, name)].some((d) => mounted.some((m) => m === d || m.startsWith(d + sep)));
+      const inUse = o.keep.has(name) || mounted(dir, join(realRoot, name));
       if (inUse || info.ctimeMs > now) {
         // Best effort: when it fails, the age counts from the last change instead.
         await chmod(dir, info.mode & 0o7777).catch(() => undefined);
@@ -124,8 +124,18 @@ export async function purgeOldWorkspaces(root: string, o: PurgeOptions): Promise
   return result;
 }
 
-/** Each path as given (resolved) and with symlinks resolved: Docker reports a mount's path as given. */
-export async function canonicalPaths(paths: readonly string[]): Promise<string[]> {
+/**
+ * Whether any of `mountSources` lies at or under one of the directories it is asked about. Docker
+ * reports a mount's path as given, so mounts are compared as given and with symlinks resolved;
+ * callers pass a directory both ways too.
+ */
+export async function mountTester(mountSources: readonly string[]): Promise<(...dirs: string[]) => boolean> {
+  const mounted = await canonicalPaths(mountSources);
+  return (...dirs) => dirs.some((d) => mounted.some((m) => m === d || m.startsWith(d + sep)));
+}
+
+/** Each path as given (resolved) and with symlinks resolved. */
+async function canonicalPaths(paths: readonly string[]): Promise<string[]> {
   const out = new Set<string>();
   for (const p of paths) {
     out.add(resolve(p));

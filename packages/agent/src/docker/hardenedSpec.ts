@@ -1,4 +1,4 @@
-import { basename, dirname } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import type { ContainerCreateOptions } from "dockerode";
 import { DEFAULT_CONTAINER_LIMITS } from "@runit/protocol";
 
@@ -18,6 +18,20 @@ export const WORKSPACE_MOUNT = "/workspace";
 export const SOCKET_MOUNT = "/run/runit";
 /** The directory beside the workspaces that holds every session's socket directory: `<root>/.jupyter-sockets/<sessionId>`. */
 export const SOCKETS_DIR = ".jupyter-sockets";
+/** A relay session's socket paths on the host. */
+export interface SessionSocketPaths {
+  /** Mounted at /run/runit in the container (owner 1000:1000, mode 0700). */
+  dir: string;
+  /** The agent's hard link to the socket Jupyter bound, in the agent-only directory. */
+  link: string;
+}
+
+/** Where a session's socket directory and the agent's link live: `<root>/.jupyter-sockets/<id>` and `<id>.sock`. */
+export function sessionSocketPaths(workspaceRoot: string, sessionId: string): SessionSocketPaths {
+  const base = join(resolve(workspaceRoot), SOCKETS_DIR);
+  return { dir: join(base, sessionId), link: join(base, `${sessionId}.sock`) };
+}
+
 /** uid:gid of jupyteruser in the image. */
 export const SESSION_USER = "1000:1000";
 
@@ -176,7 +190,7 @@ export function assertHardened(spec: ContainerCreateOptions, ctx: { workspaceDir
     if (!isSafeWorkspacePath(ctx.socketDir)) fail(`socket directory ${ctx.socketDir} is not a safe host path`);
     // Exactly the session's own socket directory beside its workspace: never the workspace, the
     // root, a path inside a workspace (the renter's), or anywhere else a caller might name.
-    const expectedDir = `${dirname(ctx.workspaceDir)}/${SOCKETS_DIR}/${basename(ctx.workspaceDir)}`;
+    const expectedDir = sessionSocketPaths(dirname(ctx.workspaceDir), basename(ctx.workspaceDir)).dir;
     if (ctx.socketDir !== expectedDir) fail(`socket directory ${ctx.socketDir} is not the session's own (${expectedDir})`);
     const socketBind = `${ctx.socketDir}:${SOCKET_MOUNT}:rw`;
     if (binds.length !== 2 || binds[0] !== expectedBind || binds[1] !== socketBind) fail(`binds must be exactly the session workspace and its socket directory (${expectedBind}, ${socketBind})`);

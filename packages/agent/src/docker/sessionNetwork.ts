@@ -26,7 +26,8 @@ function assertIsolated(network: { Name: string; Driver?: string; Options?: Reco
  * `--no-host-firewall`).
  */
 export async function ensureSessionNetwork(docker: Docker, name: string): Promise<void> {
-  const existing = (await docker.listNetworks({ filters: { name: [name] } })).find((n) => n.Name === name);
+  const find = async () => (await docker.listNetworks({ filters: { name: [name] } })).find((n) => n.Name === name);
+  const existing = await find();
   if (existing) return assertIsolated(existing);
   try {
     await docker.createNetwork({
@@ -38,7 +39,7 @@ export async function ensureSessionNetwork(docker: Docker, name: string): Promis
     });
   } catch (err) {
     // Another agent may have created it between our check and our create.
-    const again = (await docker.listNetworks({ filters: { name: [name] } })).find((n) => n.Name === name);
+    const again = await find();
     if (!again) throw err;
     assertIsolated(again);
   }

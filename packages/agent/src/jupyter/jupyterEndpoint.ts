@@ -15,12 +15,14 @@
 // first and then checks, with `lstat`, that what it linked is a socket; the link lives where the
 // renter cannot reach, so what was checked is what is connected to, for the session's life.
 import { chown, link, lstat, mkdir, readdir, realpath, rm, unlink } from "node:fs/promises";
+import { request } from "node:http";
+import { dirname, join, resolve } from "node:path";
 import type { z } from "zod";
 import type { JupyterEndpointSchema } from "@runit/protocol";
-import { request } from "node:http";
-import { join, resolve, sep } from "node:path";
-import { JUPYTER_CONTAINER_PORT, SOCKETS_DIR, SOCKET_MOUNT } from "../docker/hardenedSpec.js";
-import { canonicalPaths } from "../workspace.js";
+import { JUPYTER_CONTAINER_PORT, SOCKETS_DIR, SOCKET_MOUNT, sessionSocketPaths, type SessionSocketPaths } from "../docker/hardenedSpec.js";
+import { mountTester } from "../workspace.js";
+
+export { sessionSocketPaths, type SessionSocketPaths };
 
 /** How to reach a session's Jupyter: its Unix socket (relay), or its port on 127.0.0.1 (cloudflared). */
 export type JupyterEndpoint = z.infer<typeof JupyterEndpointSchema>;
@@ -28,7 +30,6 @@ export type JupyterEndpoint = z.infer<typeof JupyterEndpointSchema>;
 /** The socket Jupyter binds in its socket directory, and its path inside the container. */
 export const SOCKET_NAME = "jupyter.sock";
 export const SOCKET_IN_CONTAINER = `${SOCKET_MOUNT}/${SOCKET_NAME}`;
-
 
 /** `net.connect` options for an endpoint (`http.request` names the socket `socketPath`). */
 export function connectOptions(e: JupyterEndpoint): { path: string } | { host: string; port: number } {
@@ -40,30 +41,20 @@ export function hostHeaderPort(e: JupyterEndpoint): number {
   return e.kind === "socket" ? JUPYTER_CONTAINER_PORT : e.port;
 }
 
-/** A session's socket paths on the host. */
-export interface SessionSocketPaths {
-  /** Mounted at /run/runit in the container (owner 1000:1000, mode 0700). */
-  dir: string;
-  /** The agent's hard link to the socket Jupyter bound, in the agent-only directory. */
-  link: string;
-}
-
-export function sessionSocketPaths(workspaceRoot: string, sessionId: string): SessionSocketPaths {
-  const base = join(resolve(workspaceRoot), SOCKETS_DIR);
-  return { dir: join(base, sessionId), link: join(base, `${sessionId}.sock`) };
-}
-
 /**
  * Creates a session's socket directory fresh: `<root>/.jupyter-sockets/` private to the agent's
- * user (0700) and in it `<sessionId>/` for jupyteruser (1000:1000, 0700).
+ * user (0700) and in it `<sessionId>/` for jupyteruser (1000:1000, 0700). Leaves nothing behind
+ * when it fails.
  */
 export async function createSocketDir(workspaceRoot: string, sessionId: string): Promise<SessionSocketPaths> {
   const paths = sessionSocketPaths(workspaceRoot, sessionId);
-  await mkdir(join(resolve(workspaceRoot), SOCKETS_DIR), { recursive: true, mode: 0o700 });
+  await mkdir(dirname(paths.dir), { recursive: true, mode: 0o700 });
   await mkdir(paths.dir, { mode: 0o700 });
-  await chown(paths.dir, 1000, 1000).catch((err: NodeJS.ErrnoException) => {
+  await chown(paths.dir, 1000, 1000).catch(async (err: NodeJS.ErrnoException) => {
     // An agent running as uid 1000 already owns it; any other failure is real.
-    if (process.getuid?.() !== 1000) throw err;
+    if (process.getuid?.() === 1000) return;
+    await removeSocketDir(paths);
+    throw err;
   });
   return paths;
 }
@@ -98,12 +89,18 @@ export async function pinJupyterSocket(paths: SessionSocketPaths): Promise<boole
   throw new NotASocketError(`${join(paths.dir, SOCKET_NAME)} is not a socket (${info.isSymbolicLink() ? "a symlink" : "another kind of file"}); refusing to connect through it`);
 }
 
+/** `connectOptions` as `http.request` spells them. */
+function httpConnectOptions(e: JupyterEndpoint): { socketPath: string } | { host: string; port: number } {
+  const c = connectOptions(e);
+  return "path" in c ? { socketPath: c.path } : c;
+}
+
 /** One GET to Jupyter with its token; resolves with the parsed JSON body of a 2xx answer. */
 export function jupyterGetJson(e: JupyterEndpoint, path: string, token: string, timeoutMs: number): Promise<unknown> {
   return new Promise((resolvePromise, reject) => {
     const req = request(
       {
-        ...(e.kind === "socket" ? { socketPath: e.path } : { host: "127.0.0.1", port: e.port }),
+        ...httpConnectOptions(e),
         path,
         headers: { Host: `127.0.0.1:${hostHeaderPort(e)}`, Authorization: `token ${token}` },
         agent: false,
@@ -155,13 +152,13 @@ export async function purgeSocketDirs(
   const base = join(resolve(workspaceRoot), SOCKETS_DIR);
   const names = await readdir(base).catch(() => [] as string[]);
   const realBase = await realpath(base).catch(() => base);
-  const mounted = await canonicalPaths(mountSources);
+  const mounted = await mountTester(mountSources);
   const now = o.now ?? Date.now();
   const minAgeMs = o.minAgeMs ?? SOCKET_DIR_MIN_AGE_MS;
   let removed = 0;
   for (const sessionId of new Set(names.map((n) => n.replace(/\.sock$/, "")))) {
     const paths = sessionSocketPaths(workspaceRoot, sessionId);
-    const inUse = keep.has(sessionId) || [paths.dir, join(realBase, sessionId)].some((d) => mounted.some((m) => m === d || m.startsWith(d + sep)));
+    const inUse = keep.has(sessionId) || mounted(paths.dir, join(realBase, sessionId));
     if (inUse) continue;
     const changed = await Promise.all([paths.dir, paths.link].map((p) => lstat(p).then((i) => i.ctimeMs, () => 0)));
     if (now - Math.max(...changed) < minAgeMs) continue;
@@ -169,9 +166,4 @@ export async function purgeSocketDirs(
     removed++;
   }
   return removed;
-}
-
-/** The socket directory and link of a session from its pinned link's path (`<base>/<id>.sock`). */
-export function socketPathsOfLink(link: string): SessionSocketPaths {
-  return { dir: link.replace(/\.sock$/, ""), link };
 }
