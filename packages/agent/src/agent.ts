@@ -9,7 +9,7 @@ import { ensureSessionImage } from "./docker/sessionImage.js";
 import { isolateSessionNetwork } from "./docker/sessionFirewall.js";
 import { SessionNetworkError, ensureSessionNetwork } from "./docker/sessionNetwork.js";
 import { detectHardware } from "./hardware.js";
-import { createLogger, type AgentLogger } from "./logger.js";
+import { MaskedSecrets, createLogger, type AgentLogger } from "./logger.js";
 import { resolveAgentOptions, type AgentOptions } from "./options.js";
 import { recoverSessions } from "./recovery.js";
 import { sessionInfo, type AgentContext, type LiveSession, type SessionEndReason, type SessionInfo } from "./sessionContext.js";
@@ -111,8 +111,8 @@ function tunnelFactoryFor(ctx: Pick<AgentContext, "options" | "fetch">): TunnelF
  */
 export async function runAgent(options: AgentOptions): Promise<AgentHandle> {
   const o = resolveAgentOptions(options);
-  const secrets = new Set<string>([o.providerKey]);
-  const logger = options.logger ?? createLogger(options.stdout ?? process.stdout, options.stderr ?? process.stderr, () => [...secrets]);
+  const secrets = new MaskedSecrets([o.providerKey]);
+  const logger = options.logger ?? createLogger(options.stdout ?? process.stdout, options.stderr ?? process.stderr, () => secrets.list());
   const docker = options.docker ?? new Docker();
   const fetchFn = options.fetch ?? fetch;
   if (o.writePidFile) {

@@ -28,5 +28,30 @@ export function createLogger(out: LineSink, err: LineSink = out, secrets: () => 
   };
 }
 
+/**
+ * The secrets the agent's logger masks: the provider key for the agent's lifetime, and those of
+ * the last `recentLimit` session secrets and tokens. A long-running agent offers session after
+ * session; an unbounded set would grow by two per session and make every log line slower. A
+ * session's lines are all written by the time its teardown ends, so the few latest suffice.
+ */
+export class MaskedSecrets {
+  private readonly recent: string[] = [];
+
+  constructor(
+    private readonly permanent: readonly string[],
+    private readonly recentLimit = 8,
+  ) {}
+
+  add(secret: string): void {
+    if (this.recent.includes(secret) || this.permanent.includes(secret)) return;
+    this.recent.push(secret);
+    if (this.recent.length > this.recentLimit) this.recent.shift();
+  }
+
+  list(): string[] {
+    return [...this.permanent, ...this.recent];
+  }
+}
+
 /** A logger that drops everything (for library callers that want silence). */
 export const silentLogger: AgentLogger = { info: () => undefined, error: () => undefined };

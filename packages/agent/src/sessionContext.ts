@@ -3,7 +3,7 @@ import type Docker from "dockerode";
 import type { Hardware, Secret } from "@runit/protocol";
 import type { ControlPlaneClient } from "./controlPlaneClient.js";
 import type { JupyterEndpoint } from "./jupyter/jupyterEndpoint.js";
-import type { AgentLogger } from "./logger.js";
+import type { AgentLogger, MaskedSecrets } from "./logger.js";
 import type { ResolvedAgentOptions } from "./options.js";
 import type { SessionTunnel, TunnelFactory } from "./tunnel/types.js";
 
@@ -18,7 +18,7 @@ export interface AgentContext {
   tunnelFactory: TunnelFactory;
   events: EventEmitter;
   /** Secrets the logger masks wherever they appear. */
-  secrets: Set<string>;
+  secrets: MaskedSecrets;
 }
 
 /** A session the agent runs: its container, its registration, its tunnel. */
